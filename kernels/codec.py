@@ -1,0 +1,117 @@
+"""Public codec API: one entry point for QVG and every baseline.
+
+    enc = encode(k, "qvg-int2", role="k")          # k: [B, H, S, D], any float dtype
+    k_hat = decode(enc)                             # bf16 [B, H, S, D]
+    enc2 = encode(k_next, "qvg-int2", warm_start=enc)   # centroid caching across spans
+    predict_nbytes("qvg-int2", (1, 12, 1560, 128))  # exact bytes, no encoding
+
+`backend="reference"` runs the pure-torch fp32 reference; "triton" the Triton kernels (on CPU
+only under TRITON_INTERPRET=1); "auto" picks triton on CUDA tensors, reference otherwise.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from . import baselines, qvg_ref
+from .container import Encoded
+from .spec import CodecSpec, Method, get_spec
+
+BACKENDS = ("auto", "reference", "triton")
+
+
+def check_input(x: torch.Tensor) -> None:
+    """Reject what no codec can store faithfully: wrong rank, non-float, NaN/Inf."""
+    if x.dim() != 4:
+        raise ValueError(f"KV tensor must be [B, H, S, D], got shape {tuple(x.shape)}")
+    if not x.is_floating_point():
+        raise ValueError(f"KV tensor must be floating point, got {x.dtype}")
+    if x.shape[2] == 0:
+        raise ValueError("KV tensor has no tokens (S = 0)")
+    bad = ~torch.isfinite(x)
+    if bool(bad.any()):
+        n = int(bad.sum())
+        first = tuple(int(i) for i in bad.nonzero()[0])
+        raise ValueError(
+            f"KV tensor has {n} non-finite values (NaN/Inf), first at index {first}: "
+            "refusing to encode (decoded pages would silently hold NaNs)"
+        )
+
+
+def _check_shape(x: torch.Tensor, spec: CodecSpec) -> None:
+    d = x.shape[-1]
+    if spec.quant is not None and d % spec.quant.group_size:
+        raise ValueError(
+            f"head_dim {d} is not a multiple of {spec.name}'s group_size {spec.quant.group_size}"
+        )
+    if spec.method is Method.QUAROT and d & (d - 1):
+        raise ValueError(f"quarot needs a power-of-two head_dim, got {d}")
+
+
+def _use_triton(backend: str, device: torch.device) -> bool:
+    if backend not in BACKENDS:
+        raise ValueError(f"backend {backend!r}: choose one of {BACKENDS}")
+    return backend == "triton" or (backend == "auto" and device.type == "cuda")
+
+
+def encode(
+    x: torch.Tensor,
+    spec: CodecSpec | str,
+    *,
+    role: str = "k",
+    warm_start: Encoded | None = None,
+    backend: str = "auto",
+) -> Encoded:
+    """Encode one layer span x [B, H, S, D]; `warm_start` = the previous span's Encoded (QVG)."""
+    spec = get_spec(spec)
+    if role not in ("k", "v"):
+        raise ValueError(f"role {role!r}: use 'k' or 'v'")
+    check_input(x)
+    _check_shape(x, spec)
+    if spec.method is not Method.QVG:
+        return baselines.encode(x, spec, role)
+    if _use_triton(backend, x.device):
+        from . import qvg_triton
+
+        return qvg_triton.encode(x, spec, role, warm_start)
+    return qvg_ref.encode(x, spec, role, warm_start)
+
+
+def decode(
+    enc: Encoded, *, out_dtype: torch.dtype = torch.bfloat16, backend: str = "auto"
+) -> torch.Tensor:
+    """Reconstruct [B, H, S, D] in `out_dtype`."""
+    if enc.spec.method is not Method.QVG:
+        return baselines.decode(enc, out_dtype)
+    if _use_triton(backend, enc.device):
+        from . import qvg_triton
+
+        return qvg_triton.decode(enc, out_dtype)
+    return qvg_ref.decode(enc, out_dtype)
+
+
+def predict_nbytes(spec: CodecSpec | str, shape: tuple[int, int, int, int], role: str = "k") -> int:
+    """Exact bytes `encode` stores for a tensor of `shape` (equals `Encoded.nbytes`)."""
+    spec = get_spec(spec)
+    b, h, s, d = shape
+    bh, numel = b * h, b * h * s * d
+    if spec.method is Method.BF16:
+        return 2 * numel
+    if spec.method is Method.FP8:
+        return numel + 4 * bh
+    qs = spec.quant
+    assert qs is not None
+    sb = qs.scale_dtype.torch_dtype.itemsize * (1 if qs.symmetric else 2)
+    sos = 4 * bh if qs.scale_dtype.value.startswith("fp8") else 0
+    if spec.method is Method.KIVI and role == "k":
+        s_pad = -(-s // qs.group_size) * qs.group_size
+        return bh * d * s_pad * qs.bits // 8 + bh * d * (s_pad // qs.group_size) * sb + sos
+    total = numel * qs.bits // 8 + bh * s * (d // qs.group_size) * sb + sos
+    if spec.method is Method.QVG:
+        ks = spec.kmeans
+        assert ks is not None
+        per_stage = (
+            bh * ks.centroids * d * ks.centroid_dtype.itemsize + bh * s * ks.id_dtype.itemsize
+        )
+        total += ks.stages * per_stage
+    return total

@@ -1,0 +1,46 @@
+"""The `qvg-serve` command line: `qvg-serve bench NAME ...` and, later, serving commands."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+# bench name -> (module under qvg_serve.bench, one-line help). Modules are imported only when
+# their subcommand runs, so `qvg-serve bench scheduler` never imports torch.
+BENCHES: dict[str, tuple[str, str]] = {
+    "codec": ("codec", "every KV codec on the same K/V, side by side with the official QVG"),
+}
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="qvg-serve", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    bench = commands.add_parser("bench", help="run a benchmark (not a test)")
+    benches = bench.add_subparsers(dest="bench", required=True)
+    for name, (module, help_text) in BENCHES.items():
+        sub = benches.add_parser(name, help=help_text, description=help_text)
+        sub.set_defaults(_module=module)
+        # Arguments are declared by the module; import it lazily only for the chosen one.
+        sub.set_defaults(_needs_args=True)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = _build_parser()
+    # Two passes: the first finds the subcommand, the second parses its own arguments.
+    known, _ = parser.parse_known_args(argv)
+    if known.command == "bench":
+        mod = importlib.import_module(f"qvg_serve.bench.{known._module}")
+        sub = argparse.ArgumentParser(prog=f"qvg-serve bench {known.bench}")
+        mod.add_arguments(sub)
+        args = sub.parse_args(argv[argv.index(known.bench) + 1 :])
+        return int(mod.run(args) or 0)
+    parser.error(f"unknown command {known.command!r}")  # pragma: no cover
+    return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
