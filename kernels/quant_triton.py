@@ -1,0 +1,341 @@
+"""Triton fused QVG residual encode: subtract centroids + rotate + choose scale + quantize + pack.
+
+Per (row, block of BLOCK_S tokens), for each group of G channels (static loop over D/G):
+
+    r = x - c_0[id_0] - ... - c_{T-1}[id_{T-1}]     fp32, same order as qvg_ref (bit-identical)
+    y = r @ H_G                                       if rotate (fp32 ieee tl.dot)
+    scale: symmetric -> least-error candidate among alpha * absmax/((L-1)/2), alpha from
+           groupquant_ref.search_alphas (loaded, so the candidates are the reference's);
+           asymmetric -> (max - min)/(L-1) and zero = min
+    codes = nearest level, packed 8/bits per byte, little end first
+
+fp8 scales need the row's scale-of-scales first: `_peak_kernel` (pass 1) writes each program's
+largest group scale, torch reduces them per row. Rounding to the scale dtype is done by
+`round_to` (round-to-nearest-even in fp32 arithmetic) because the Triton interpreter truncates
+fp32 -> bf16/fp8 casts; the rounded value then converts exactly on every backend.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import triton
+import triton.language as tl
+
+from .groupquant_ref import FP8_MAX, search_alphas
+from .hadamard import hadamard
+from .spec import QuantSpec, ScaleDtype
+
+# (mantissa bits, smallest normal exponent) of each scale dtype, for round_to. bf16's true
+# minimum (-126) is raised to -119 to keep the ulp a normal fp32; scales below 2^-119 round
+# coarser than bf16 would (never met: fp32 K/V values are far larger).
+_FORMAT = {ScaleDtype.FP8: (3, -6), ScaleDtype.FP16: (10, -14), ScaleDtype.BF16: (7, -119)}
+
+
+class Quantized(NamedTuple):
+    codes: torch.Tensor  # uint8 [R, S, D*bits/8]
+    scales: torch.Tensor  # scale dtype [R, S, D/G]
+    zeros: torch.Tensor | None  # scale dtype [R, S, D/G] (asymmetric only)
+    scale_of_scales: torch.Tensor | None  # fp32 [R] (fp8 scales only)
+
+
+@triton.jit
+def round_to(v, MANT: tl.constexpr, EMIN: tl.constexpr):
+    """fp32 v rounded (nearest, ties to even) to MANT mantissa bits, subnormal below 2^EMIN."""
+    e = ((v.to(tl.int32, bitcast=True) >> 23) & 0xFF) - 127
+    e = tl.maximum(e, EMIN) - MANT  # exponent of one ulp of the target format
+    ulp = ((e + 127) << 23).to(tl.float32, bitcast=True)
+    inv = ((127 - e) << 23).to(tl.float32, bitcast=True)
+    return ((v * inv + 12582912.0) - 12582912.0) * ulp  # 1.5*2^23 rounds |a| < 2^22 to even
+
+
+@triton.jit
+def _store_scale(s, sos, HAS_SOS: tl.constexpr, MANT: tl.constexpr, EMIN: tl.constexpr):
+    """(stored value, fp32 value decode will use): groupquant_ref.store_scale / load_scale."""
+    if HAS_SOS:
+        st = round_to(tl.minimum(tl.maximum(tl.math.div_rn(s, sos), -448.0), 448.0), MANT, EMIN)
+        return st, st * sos
+    st = round_to(s, MANT, EMIN)
+    return st, st
+
+
+@triton.jit
+def _residual(
+    x_ptr,
+    c_ptr,
+    ids_ptr,
+    row,
+    R,
+    S,
+    C,
+    offs_s,
+    s_ok,
+    g,
+    D: tl.constexpr,
+    G: tl.constexpr,
+    T: tl.constexpr,
+):
+    """fp32 [BLOCK_S, G]: group g of x minus every stage's centroid, in stage order."""
+    offs_c = g * G + tl.arange(0, G)
+    r = tl.load(
+        x_ptr + (row * S + offs_s[:, None]) * D + offs_c[None, :], mask=s_ok[:, None], other=0.0
+    ).to(tl.float32)
+    for t in tl.static_range(T):
+        idx = tl.load(ids_ptr + (t * R + row) * S + offs_s, mask=s_ok, other=0).to(tl.int64)
+        cen = tl.load(
+            c_ptr + ((t * R + row) * C + idx[:, None]) * D + offs_c[None, :],
+            mask=s_ok[:, None],
+            other=0.0,
+        )
+        r = r - cen.to(tl.float32)
+    return r
+
+
+@triton.jit
+def _rotated(
+    x_ptr,
+    c_ptr,
+    ids_ptr,
+    h_ptr,
+    row,
+    R,
+    S,
+    C,
+    offs_s,
+    s_ok,
+    g,
+    D: tl.constexpr,
+    G: tl.constexpr,
+    T: tl.constexpr,
+    ROTATE: tl.constexpr,
+):
+    y = _residual(x_ptr, c_ptr, ids_ptr, row, R, S, C, offs_s, s_ok, g, D, G, T)
+    if ROTATE:
+        h = tl.load(h_ptr + tl.arange(0, G)[:, None] * G + tl.arange(0, G)[None, :])
+        y = tl.dot(y, h, input_precision="ieee")
+    return y
+
+
+@triton.jit
+def _peak_kernel(
+    x_ptr,
+    c_ptr,
+    ids_ptr,
+    h_ptr,
+    peak_ptr,
+    R,
+    S,
+    C,
+    D: tl.constexpr,
+    G: tl.constexpr,
+    T: tl.constexpr,
+    LEVELS: tl.constexpr,
+    SYM: tl.constexpr,
+    ROTATE: tl.constexpr,
+    BLOCK_S: tl.constexpr,
+):
+    """Pass 1 (fp8 scales): peak[row, block] = largest group scale (or |zero|) of the block."""
+    row = tl.program_id(0).to(tl.int64)
+    offs_s = tl.program_id(1) * BLOCK_S + tl.arange(0, BLOCK_S)
+    s_ok = offs_s < S
+    peak = tl.zeros((BLOCK_S,), tl.float32)
+    for g in tl.static_range(D // G):
+        y = _rotated(x_ptr, c_ptr, ids_ptr, h_ptr, row, R, S, C, offs_s, s_ok, g, D, G, T, ROTATE)
+        if SYM:
+            p = tl.math.div_rn(tl.max(tl.abs(y), axis=1), (LEVELS - 1) / 2)
+        else:
+            mn = tl.min(tl.where(s_ok[:, None], y, float("inf")), axis=1)
+            mx = tl.max(tl.where(s_ok[:, None], y, -float("inf")), axis=1)
+            p = tl.maximum(tl.math.div_rn(mx - mn, LEVELS - 1.0), tl.abs(mn))
+        peak = tl.maximum(peak, tl.where(s_ok, p, 0.0))
+    tl.store(peak_ptr + row * tl.num_programs(1) + tl.program_id(1), tl.max(peak, axis=0))
+
+
+@triton.jit
+def _quant_kernel(
+    x_ptr,
+    c_ptr,
+    ids_ptr,
+    h_ptr,
+    alpha_ptr,
+    sos_ptr,
+    codes_ptr,
+    scales_ptr,
+    zeros_ptr,
+    R,
+    S,
+    C,
+    N_ALPHA,
+    D: tl.constexpr,
+    G: tl.constexpr,
+    T: tl.constexpr,
+    BITS: tl.constexpr,
+    SYM: tl.constexpr,
+    ROTATE: tl.constexpr,
+    HAS_SOS: tl.constexpr,
+    MANT: tl.constexpr,
+    EMIN: tl.constexpr,
+    BLOCK_S: tl.constexpr,
+):
+    LEVELS: tl.constexpr = 1 << BITS
+    K: tl.constexpr = 8 // BITS  # codes per byte
+    NG: tl.constexpr = D // G
+    row = tl.program_id(0).to(tl.int64)
+    offs_s = tl.program_id(1) * BLOCK_S + tl.arange(0, BLOCK_S)
+    s_ok = offs_s < S
+    sos = tl.load(sos_ptr + row) if HAS_SOS else 1.0
+    for g in tl.static_range(NG):
+        y = _rotated(x_ptr, c_ptr, ids_ptr, h_ptr, row, R, S, C, offs_s, s_ok, g, D, G, T, ROTATE)
+        if SYM:
+            s0 = tl.math.div_rn(tl.max(tl.abs(y), axis=1), (LEVELS - 1) / 2)
+            best_err = tl.full((BLOCK_S,), float("inf"), tl.float32)
+            best_st = tl.zeros((BLOCK_S,), tl.float32)
+            best_s = tl.zeros((BLOCK_S,), tl.float32)
+            for i in range(N_ALPHA):  # first candidate wins ties, as in the reference
+                st, s = _store_scale(s0 * tl.load(alpha_ptr + i), sos, HAS_SOS, MANT, EMIN)
+                q = _quant_sym(y, s, LEVELS)
+                err = tl.sum(_sq_err(y, q, s, LEVELS), axis=1)
+                better = (err < best_err) | (i == 0)
+                best_err = tl.where(better, err, best_err)
+                best_st = tl.where(better, st, best_st)
+                best_s = tl.where(better, s, best_s)
+            q = _quant_sym(y, best_s, LEVELS)
+        else:
+            mn = tl.min(y, axis=1)
+            st, s = _store_scale(
+                tl.math.div_rn(tl.max(y, axis=1) - mn, LEVELS - 1.0), sos, HAS_SOS, MANT, EMIN
+            )
+            zst, z = _store_scale(mn, sos, HAS_SOS, MANT, EMIN)
+            safe = tl.where(s > 0, s, 1.0)
+            q = tl.floor(tl.math.div_rn(y - z[:, None], safe[:, None]) + 0.5)
+            q = tl.minimum(tl.maximum(q, 0.0), LEVELS - 1.0)
+            tl.store(
+                zeros_ptr + (row * S + offs_s) * NG + g,
+                zst.to(zeros_ptr.dtype.element_ty),
+                mask=s_ok,
+            )
+            best_st = st
+        tl.store(
+            scales_ptr + (row * S + offs_s) * NG + g,
+            best_st.to(scales_ptr.dtype.element_ty),
+            mask=s_ok,
+        )
+        _pack_store(codes_ptr, q, row, S, offs_s, s_ok, g, D, G, BITS, K)
+
+
+@triton.jit
+def _quant_sym(y, s, LEVELS: tl.constexpr):
+    """groupquant_ref.quantize_sym as fp32 levels [BLOCK_S, G]; s [BLOCK_S] (0 -> mid code)."""
+    safe = tl.where(s > 0, s, 1.0)
+    q = tl.floor(tl.math.div_rn(y, safe[:, None]) + LEVELS / 2)
+    q = tl.minimum(tl.maximum(q, 0.0), LEVELS - 1.0)
+    return tl.where(s[:, None] > 0, q, LEVELS // 2)
+
+
+@triton.jit
+def _sq_err(y, q, s, LEVELS: tl.constexpr):
+    d = y - (q - (LEVELS - 1) / 2) * s[:, None]
+    return d * d
+
+
+@triton.jit
+def _pack_store(
+    codes_ptr,
+    q,
+    row,
+    S,
+    offs_s,
+    s_ok,
+    g,
+    D: tl.constexpr,
+    G: tl.constexpr,
+    BITS: tl.constexpr,
+    K: tl.constexpr,
+):
+    """Pack fp32 levels q [BLOCK_S, G] K per byte (code j at bits (j%K)*BITS of byte j//K)."""
+    CB: tl.constexpr = D // K
+    qi = q.to(tl.int32)
+    if K > 1:
+        shifts = tl.arange(0, K) * BITS
+        qi = tl.sum(tl.reshape(qi, (q.shape[0], G // K, K)) << shifts[None, None, :], axis=2)
+    offs_b = g * (G // K) + tl.arange(0, G // K)
+    tl.store(
+        codes_ptr + (row * S + offs_s[:, None]) * CB + offs_b[None, :],
+        qi.to(tl.uint8),
+        mask=s_ok[:, None],
+    )
+
+
+def _stages(centroids: torch.Tensor | None, ids: torch.Tensor | None, x: torch.Tensor):
+    """(centroids [T, R, C, D], ids [T, R, S], T, C) with dummies when there are no stages."""
+    if centroids is None or ids is None or centroids.shape[0] == 0:
+        return x, torch.zeros(1, dtype=torch.uint8, device=x.device), 0, 1
+    return centroids.contiguous(), ids.contiguous(), centroids.shape[0], centroids.shape[2]
+
+
+def quantize(
+    x: torch.Tensor,
+    centroids: torch.Tensor | None,
+    ids: torch.Tensor | None,
+    spec: QuantSpec,
+    block_s: int = 64,
+    num_warps: int = 8,
+) -> Quantized:
+    """Fused subtract-centroids + rotate + choose scale + quantize + pack of QVG residuals.
+
+    x: [R, S, D] any float dtype (read as fp32); centroids: [T, R, C, D] (bf16/fp16/fp32) or
+    None; ids: [T, R, S] uint8/int16/int32/int64 or None. Returns `Quantized` (codes uint8
+    [R, S, D*bits/8], scales [R, S, D/G] in spec.scale_dtype, zeros likewise or None,
+    scale_of_scales fp32 [R] or None), equal to groupquant_ref on the reference's residual.
+    Bytes: reads R*S*D*x.itemsize + T*R*S*(ids.itemsize + D*c.itemsize) (gathered centroid
+    rows, L2-resident table), twice when scales are fp8 (pass 1 for the scale-of-scales);
+    writes R*S*D*bits/8 codes + R*S*(D/G)*scale.itemsize (x2 with zeros) + 4R.
+    """
+    r, s, d = x.shape
+    g = spec.group_size
+    if d % g:
+        raise ValueError(f"quantize: head_dim {d} is not a multiple of group_size {g}")
+    x = x.contiguous()
+    cen, idt, t, c = _stages(centroids, ids, x)
+    h = hadamard(g, x.device)
+    fp8 = spec.scale_dtype is ScaleDtype.FP8
+    grid = (r, triton.cdiv(s, block_s))
+    # no fma contraction: the error of each candidate scale is computed like torch's (separate
+    # multiply and subtract), so near-equal candidates are ranked the same way
+    common = dict(D=d, G=g, T=t, SYM=spec.symmetric, ROTATE=spec.rotate, BLOCK_S=block_s)
+    launch = dict(num_warps=num_warps, enable_fp_fusion=False)
+    sos = None
+    if fp8:
+        peak = torch.empty(r, grid[1], dtype=torch.float32, device=x.device)
+        _peak_kernel[grid](x, cen, idt, h, peak, r, s, c, LEVELS=spec.levels, **common, **launch)
+        m = peak.amax(-1)
+        sos = torch.where(m > 0, m / FP8_MAX, torch.ones_like(m))
+    sdt = spec.scale_dtype.torch_dtype
+    codes = torch.empty(r, s, d * spec.bits // 8, dtype=torch.uint8, device=x.device)
+    scales = torch.empty(r, s, d // g, dtype=sdt, device=x.device)
+    zeros = None if spec.symmetric else torch.empty_like(scales)
+    alphas = search_alphas(spec, x.device).to(torch.float32) if spec.symmetric else h
+    mant, emin = _FORMAT[spec.scale_dtype]
+    _quant_kernel[grid](
+        x,
+        cen,
+        idt,
+        h,
+        alphas,
+        sos if fp8 else h,
+        codes,
+        scales,
+        scales if zeros is None else zeros,
+        r,
+        s,
+        c,
+        alphas.numel() if spec.symmetric else 0,
+        BITS=spec.bits,
+        HAS_SOS=fp8,
+        MANT=mant,
+        EMIN=emin,
+        **common,
+        **launch,
+    )
+    return Quantized(codes, scales, zeros, sos)
