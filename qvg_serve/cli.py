@@ -11,6 +11,8 @@ from collections.abc import Sequence
 # their subcommand runs, so `qvg-serve bench scheduler` never imports torch.
 BENCHES: dict[str, tuple[str, str]] = {
     "codec": ("codec", "every KV codec on the same K/V, side by side with the official QVG"),
+    "capacity": ("capacity", "frames of KV history that fit in a budget, per page format"),
+    "attention": ("attention", "one chunk's attention over paged (quantized) history vs dense"),
 }
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from kernels import codec
-from kernels.spec import PRESETS, Method, get_spec
+from kernels.spec import Method, get_spec
 
 from . import official
 
@@ -55,6 +55,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--heads", type=int, default=12)
     p.add_argument("--head-dim", type=int, default=128)
     p.add_argument("--grid", type=int, nargs=2, default=(30, 52), help="tokens per frame, HxW")
+    p.add_argument(
+        "--backend",
+        default="auto",
+        choices=codec.BACKENDS,
+        help="QVG kernels: triton on CUDA by default, the fp32 reference otherwise",
+    )
     p.add_argument("--repeat", type=int, default=None, help="timed runs per number (median)")
     p.add_argument("--no-official", action="store_true", help="skip the official quant_videogen")
     p.add_argument("--no-warm", action="store_true", help="skip the centroid-caching rows")
@@ -135,17 +141,20 @@ def _row(name: str, kv: dict, enc_fn, dec_fn, nbytes_fn, repeat: int, copy: floa
     return res
 
 
-def ours(name: str, kv: dict, repeat: int, copy: float, warm=None) -> dict:
-    spec = get_spec(PRESETS[name.split("@")[0]]) if "@" not in name else _iters_variant(name)
-    return _row(
-        name,
-        kv,
-        lambda x, role: codec.encode(x, spec, role=role, warm_start=(warm or {}).get(role)),
-        codec.decode,
+def _ours_fns(spec, backend: str, warm: dict | None = None) -> tuple:
+    """(encode, decode, nbytes) callables of our codec for `_row`."""
+    return (
+        lambda x, role: codec.encode(
+            x, spec, role=role, warm_start=(warm or {}).get(role), backend=backend
+        ),
+        lambda e: codec.decode(e, backend=backend),
         lambda e: e.nbytes,
-        repeat,
-        copy,
     )
+
+
+def ours(name: str, kv: dict, repeat: int, copy: float, backend: str = "auto") -> dict:
+    spec = get_spec(name) if "@" not in name else _iters_variant(name)
+    return _row(name, kv, *_ours_fns(spec, backend), repeat, copy)
 
 
 def _iters_variant(name: str):
@@ -166,28 +175,21 @@ def official_row(p: official.OfficialPreset, kv: dict, repeat: int, copy: float)
     )
 
 
-def warm_rows(name: str, kv: dict, repeat: int, copy: float) -> list[dict]:
+def warm_rows(name: str, kv: dict, repeat: int, copy: float, backend: str) -> list[dict]:
     """Centroid caching: tokens split in two spans; span 2 cold vs warm from span 1."""
     half = kv["k"].shape[2] // 2
     first = {r: x[:, :, :half] for r, x in kv.items()}
     second = {r: x[:, :, half:] for r, x in kv.items()}
     spec = get_spec(name)
-    prev = {r: codec.encode(x, spec, role=r) for r, x in first.items()}
-    rows = [ours(name, second, repeat, copy)]
-    rows[0]["codec"] = f"{name} span2 cold ({spec.kmeans.iters} it)"
-    for iters in (1, spec.kmeans.iters):
-        r = _row(
-            f"{name} span2 warm ({iters} it)",
-            second,
-            lambda x, role, it=iters: codec.encode(
-                x, spec.with_kmeans(iters=it), role=role, warm_start=prev[role]
-            ),
-            codec.decode,
-            lambda e: e.nbytes,
-            repeat,
-            copy,
-        )
-        rows.append(r)
+    prev = {r: codec.encode(x, spec, role=r, backend=backend) for r, x in first.items()}
+    rows = []
+    for label, iters, warm in (
+        ("cold", spec.kmeans.iters, None),
+        ("warm", 1, prev),
+        ("warm", spec.kmeans.iters, prev),
+    ):
+        fns = _ours_fns(spec.with_kmeans(iters=iters), backend, warm)
+        rows.append(_row(f"{name} span2 {label} ({iters} it)", second, *fns, repeat, copy))
     return rows
 
 
@@ -218,7 +220,7 @@ def run(args: argparse.Namespace) -> int:
     rows = []
     for name in args.codecs:
         log(f"  {name} ...")
-        rows.append(ours(name, kv, repeat, copy))
+        rows.append(ours(name, kv, repeat, copy, args.backend))
     reason = None if not args.no_official else "--no-official"
     reason = reason or official.available(device)
     for p in () if reason else official.PRESETS:
@@ -226,7 +228,7 @@ def run(args: argparse.Namespace) -> int:
         rows.append(official_row(p, kv, repeat, copy))
     if not args.no_warm and "qvg-int2" in args.codecs:
         log("  centroid caching ...")
-        rows.extend(warm_rows("qvg-int2", kv, repeat, copy))
+        rows.extend(warm_rows("qvg-int2", kv, repeat, copy, args.backend))
     for r in rows:
         r.update(device=str(device), shape=list(kv["k"].shape), copy_gbps=copy)
     if args.json:

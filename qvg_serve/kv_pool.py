@@ -1,0 +1,286 @@
+"""The tensors behind the scheduler's page ids: one preallocated arena per tier, and the
+operations the scheduler orders (write committed pages, execute encode / move plans, read a
+stream's pages for one layer).
+
+`scheduler.pages.PageAllocator` decides which bytes mean what; this class only moves bytes.
+Every tier is one flat uint8 tensor of `blocks * block_bytes`, allocated once: no allocation
+in the per-step path except the small gathered copies of compressed slices.
+
+    arena[tier]: | block 0 (typed bf16)     | block 1 (typed qvg-int2) ...         |
+                 | page | page | slack      | p | p | p | p | p | p | p | slack     |
+    one page:    [layer 0: K slice, V slice][layer 1: K, V] ...   (kv_format layouts)
+
+Reading is per layer (attention runs layer by layer): `ReadPlan` resolves a page table once
+per step into runs of pages that share (format, span), with device index tensors, so each of
+the model's layers costs one gather per run, plus a decode for quantized runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import torch
+
+from kernels import codec
+from kernels.container import Encoded
+from kernels.spec import CodecSpec, get_spec
+from scheduler.layout import ALIGN_BYTES
+from scheduler.pages import PageAllocator, PageLoc, Plan, PoolLayout
+
+from . import kv_format as kf
+
+
+class Run(NamedTuple):
+    """Consecutive table entries with one (format, span): read together."""
+
+    fmt: str
+    codebook: PageLoc | None
+    blocks: torch.Tensor  # int64 [n] on the arena's device
+    slots: torch.Tensor  # int64 [n]
+    start: int  # first token of this run in the stream's gathered history
+    tokens: int
+
+
+class ReadPlan(NamedTuple):
+    """A stream's page table resolved to runs; valid until the pool changes (next step)."""
+
+    runs: tuple[Run, ...]
+    tokens: int
+
+
+def pool_layout(
+    kv: kf.KVShape,
+    formats: Sequence[str],
+    gpu_bytes: int,
+    cpu_bytes: int = 0,
+    specs: dict[str, CodecSpec] | None = None,
+) -> PoolLayout:
+    """The scheduler's layout for `formats` at exact item sizes, sized from byte budgets.
+
+    Block size: the largest item (a bf16 page) rounded up to a whole number of pages of the
+    last listed quantized format (the one the pool converges to under pressure), so those
+    pages fill their blocks: at Self-Forcing shapes a 287.5 MB block would hold 7 INT2 pages
+    (4% slack), a 314.5 MB block holds 8 (0%).
+    """
+    resolved = resolve_specs(formats, specs)
+    page = {f: kf.page_bytes(s, kv) for f, s in resolved.items()}
+    books = {f: b for f, s in resolved.items() if (b := kf.codebook_bytes(s, kv))}
+    block = max([*page.values(), *books.values()])
+    quantized = [f for f in formats if f != kf.BF16]
+    if quantized:
+        unit = page[quantized[-1]]
+        block = -(-block // unit) * unit
+    block = -(-block // ALIGN_BYTES) * ALIGN_BYTES
+    if gpu_bytes < block:
+        raise ValueError(f"KV budget {gpu_bytes} B holds no block of {block} B; raise it")
+    return PoolLayout(block, gpu_bytes // block, max(cpu_bytes, 0) // block, page, books)
+
+
+def resolve_specs(formats: Sequence[str], specs: dict[str, CodecSpec] | None) -> dict:
+    """Format name -> codec spec (a preset unless `specs` overrides it, e.g. fewer centroids)."""
+    return {f: (specs or {}).get(f) or get_spec(f) for f in formats}
+
+
+class KVPool:
+    """Arena tensors + executors of the allocator's plans."""
+
+    def __init__(
+        self,
+        kv: kf.KVShape,
+        allocator: PageAllocator,
+        device: torch.device | str,
+        specs: dict[str, CodecSpec] | None = None,
+        backend: str = "auto",
+    ) -> None:
+        self.kv, self.alloc, self.backend = kv, allocator, backend
+        self.device = torch.device(device)
+        layout = allocator.layout
+        self.specs = resolve_specs(list(layout.page_bytes), specs)
+        for fmt, spec in self.specs.items():
+            want = (kf.page_bytes(spec, kv), kf.codebook_bytes(spec, kv))
+            have = (layout.page_bytes[fmt], layout.codebook_bytes.get(fmt, 0))
+            if want != have:
+                raise ValueError(f"layout sizes for {fmt!r} are {have}, the codec needs {want}")
+        pin = self.device.type == "cuda"
+        self.arena = {
+            "gpu": torch.zeros(
+                layout.gpu_blocks * layout.block_bytes, dtype=torch.uint8, device=self.device
+            ),
+            "cpu": torch.zeros(
+                layout.cpu_blocks * layout.block_bytes,
+                dtype=torch.uint8,
+                pin_memory=pin and layout.cpu_blocks > 0,
+            ),
+        }
+        self._views = {(t, f): self._layer_view(t, f) for t in self.arena for f in self.specs}
+        self._last_span: dict[int, int] = {}  # stream -> its newest span (warm start)
+
+    # -- raw bytes ---------------------------------------------------------------------------
+
+    def item(self, loc: PageLoc) -> torch.Tensor:
+        """Flat uint8 view of one item's bytes."""
+        return self.arena[loc.tier][loc.offset : loc.offset + loc.nbytes]
+
+    def _layer_view(self, tier: str, fmt: str) -> torch.Tensor:
+        """[blocks, items per block, layers, 2, slice bytes] strided view of `fmt` items."""
+        lay = self.alloc.layout
+        per = lay.items_per_block(fmt)
+        step = lay.page_bytes[fmt] // (2 * self.kv.layers)
+        shape = (lay.blocks(tier), per, self.kv.layers, 2, step)
+        strides = (lay.block_bytes, lay.page_bytes[fmt], 2 * step, step, 1)
+        return self.arena[tier].as_strided(shape, strides)
+
+    # -- writes ------------------------------------------------------------------------------
+
+    def write_pages(self, pages: Sequence[int], k: torch.Tensor, v: torch.Tensor) -> None:
+        """Store committed K/V [layers, H, len(pages) * T, D] (pre-RoPE) into bf16 pages."""
+        t = self.kv.page_tokens
+        want = (self.kv.layers, self.kv.heads, len(pages) * t, self.kv.head_dim)
+        if tuple(k.shape) != want or tuple(v.shape) != want:
+            raise ValueError(f"write_pages: k/v must be {want}, got {tuple(k.shape)}")
+        for i, page in enumerate(pages):
+            loc = self.alloc.location(page)
+            if loc.fmt != kf.BF16:
+                raise ValueError(f"page {page} is {loc.fmt}; committed pages are written bf16")
+            views = kf.split_page(self.item(loc), kf.BF16, self.kv)
+            for layer in range(self.kv.layers):
+                views[layer][0]["values"].copy_(k[layer, :, i * t : (i + 1) * t])
+                views[layer][1]["values"].copy_(v[layer, :, i * t : (i + 1) * t])
+
+    def execute(self, plan: Plan) -> None:
+        """Do the copying/encoding `plan` describes; the caller then commits (or aborts)."""
+        if plan.kind == "move":
+            for r in (*plan.relocations, *plan.codebook_moves):
+                self.item(r.dst).copy_(self.item(r.src), non_blocking=True)
+            if self.device.type == "cuda":
+                torch.cuda.current_stream(self.device).synchronize()
+            return
+        self._encode(plan)
+
+    def _encode(self, plan: Plan) -> None:
+        assert plan.fmt is not None
+        spec, pages = self.specs[plan.fmt], [r.page for r in plan.relocations]
+        src = self.read_plan(pages, use_src=plan)
+        warm_books = self._warm_codebook(plan)
+        dst = [kf.split_page(self.item(r.dst), spec, self.kv) for r in plan.relocations]
+        book = kf.split_codebook(self.item(plan.codebook), spec, self.kv) if plan.codebook else None
+        t = self.kv.page_tokens
+        for layer in range(self.kv.layers):
+            kv_bf16 = self.read_layer(src, layer)
+            for half, role in enumerate("kv"):
+                warm = warm_books[layer][half] if warm_books else None
+                enc = codec.encode(
+                    kv_bf16[half][None], spec, role=role, warm_start=warm, backend=self.backend
+                )
+                for i, views in enumerate(dst):
+                    for name, view in views[layer][half].items():
+                        view.copy_(enc.tensors[name][0, :, i * t : (i + 1) * t])
+                if book is not None:
+                    for name, view in book[layer][half].items():
+                        view.copy_(enc.tensors[name][0])
+        if plan.span is not None and plan.stream is not None:
+            self._last_span[plan.stream] = plan.span
+
+    def _warm_codebook(self, plan: Plan):
+        """[layer][kv] -> Encoded holding the stream's previous span centroids, or None."""
+        span = self._last_span.get(plan.stream) if plan.stream is not None else None
+        try:
+            loc = self.alloc.codebook(span) if span is not None else None
+        except Exception:  # the span was freed since: start cold
+            loc = None
+        if loc is None or loc.tier != "gpu" or loc.fmt not in self.specs:
+            return None
+        spec = self.specs[loc.fmt]
+        views = kf.split_codebook(self.item(loc), spec, self.kv)
+        shape = (1, self.kv.heads, 0, self.kv.head_dim)
+        return [
+            [
+                Encoded(spec, shape, r, {n: x[None] for n, x in views[layer][h].items()})
+                for h, r in enumerate("kv")
+            ]
+            for layer in range(self.kv.layers)
+        ]
+
+    # -- reads -------------------------------------------------------------------------------
+
+    def read_plan(self, table: Sequence[int], use_src: Plan | None = None) -> ReadPlan:
+        """Resolve `table` (page ids in token order) into runs; pages must be on the GPU.
+
+        With `use_src`, pages of that pending plan are read from their source locations.
+        """
+        src = {r.page: r.src for r in use_src.relocations} if use_src is not None else {}
+        runs, groups, t = [], [], self.kv.page_tokens
+        for page in table:
+            loc = src.get(page) or self.alloc.location(page)
+            if loc.tier != "gpu":
+                raise ValueError(f"page {page} is on the {loc.tier} tier: reload it first")
+            span = self.alloc.span_of(page)  # a pending plan's pages keep their old span
+            key = (loc.fmt, span)
+            if not groups or groups[-1][0] != key:
+                groups.append((key, []))
+            groups[-1][1].append(loc)
+        start = 0
+        for (fmt, span), locs in groups:
+            book = self.alloc.codebook(span) if span is not None else None
+            idx = torch.tensor([[lc.block, lc.slot] for lc in locs], dtype=torch.int64)
+            idx = idx.to(self.device)
+            runs.append(Run(fmt, book, idx[:, 0], idx[:, 1], start, len(locs) * t))
+            start += len(locs) * t
+        return ReadPlan(tuple(runs), start)
+
+    def read_layer(
+        self, plan: ReadPlan, layer: int, out: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """K and V of one layer, bf16 [2, H, plan.tokens, D] (pre-RoPE), into `out` if given."""
+        h, d = self.kv.heads, self.kv.head_dim
+        if out is None:
+            out = torch.empty(2, h, plan.tokens, d, dtype=torch.bfloat16, device=self.device)
+        for run in plan.runs:
+            rows = self._views[("gpu", run.fmt)][run.blocks, run.slots, layer]  # [n, 2, slice]
+            dst = out[:, :, run.start : run.start + run.tokens]
+            for half in range(2):
+                dst[half].copy_(self._decode_rows(run, rows[:, half], layer, half))
+        return out
+
+    def _decode_rows(self, run: Run, rows: torch.Tensor, layer: int, half: int) -> torch.Tensor:
+        """[H, n*T, D] bf16 from gathered slices `rows` [n, slice] of one run."""
+        spec = self.specs[run.fmt]
+        t = kf.split_slices(rows, kf.page_fields(spec, self.kv))
+        n, h, d = rows.shape[0], self.kv.heads, self.kv.head_dim
+        if run.codebook is None:
+            return t["values"].transpose(0, 1).reshape(h, n * self.kv.page_tokens, d)
+        tensors = {
+            name: x.transpose(0, 1).reshape(1, h, n * self.kv.page_tokens, *x.shape[3:])
+            for name, x in t.items()
+        }
+        book = kf.split_codebook(self.item(run.codebook), spec, self.kv)[layer][half]
+        tensors.update({name: x[None] for name, x in book.items()})
+        enc = Encoded(spec, (1, h, n * self.kv.page_tokens, d), "kv"[half], tensors)
+        return codec.decode(enc, backend=self.backend)[0]
+
+    def check_invariants(self) -> None:
+        """The allocator's audit, plus: every arena has exactly the layout's bytes."""
+        self.alloc.check_invariants()
+        lay = self.alloc.layout
+        for tier, arena in self.arena.items():
+            if arena.numel() != lay.blocks(tier) * lay.block_bytes:
+                raise AssertionError(f"{tier} arena holds {arena.numel()} bytes")
+
+
+def kv_budget_bytes(
+    device: torch.device | str, kv_cache_memory_bytes: int | None = None, fraction: float = 0.9
+) -> int:
+    """Arena bytes: `kv_cache_memory_bytes` when given, else `fraction` of the GPU memory still
+    free (call it after the model has loaded, so weights and activations are accounted for)."""
+    if kv_cache_memory_bytes is not None:
+        if kv_cache_memory_bytes <= 0:
+            raise ValueError(f"kv_cache_memory_bytes = {kv_cache_memory_bytes}; it must be > 0")
+        return int(kv_cache_memory_bytes)
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"fraction = {fraction}; use a value in (0, 1]")
+    device = torch.device(device)
+    if device.type != "cuda":
+        raise ValueError("on a CPU device give kv_cache_memory_bytes (no free-memory query)")
+    free, _total = torch.cuda.mem_get_info(device)
+    return int(free * fraction)

@@ -1,0 +1,62 @@
+"""`qvg-serve bench capacity`: exact, CPU-only, the documented JSON keys."""
+
+from __future__ import annotations
+
+import json
+
+from qvg_serve import kv_format as kf
+from qvg_serve.bench.capacity import MODELS, frames_fit
+from qvg_serve.cli import main
+
+
+def test_json_has_one_object_per_format(capsys):
+    assert (
+        main(["bench", "capacity", "--model", "self-forcing-1.3b", "--budget-gib", "40", "--json"])
+        == 0
+    )
+    rows = {r["format"]: r for r in json.loads(capsys.readouterr().out)}
+    assert set(rows) >= {"bf16", "qvg-int2", "qvg-int4"}
+    for r in rows.values():
+        assert {"format", "bytes_per_frame", "frames_fit"} <= set(r)
+    sf = MODELS["self-forcing-1.3b"]
+    assert rows["bf16"]["bytes_per_frame"] == kf.page_bytes("bf16", sf) == 287_539_200
+    # 40 GiB of whole 287.5 MB bf16 pages
+    assert rows["bf16"]["frames_fit"] == 40 * 2**30 // 287_539_200
+    assert rows["qvg-int2"]["frames_fit"] >= 6.5 * rows["bf16"]["frames_fit"]
+
+
+def test_frames_fit_respects_the_budget():
+    kv = kf.KVShape(layers=2, heads=2, head_dim=64, page_tokens=256)
+    page2, book2 = kf.page_bytes("qvg-int2", kv), kf.codebook_bytes("qvg-int2", kv)
+    budget = 50 * kf.page_bytes("bf16", kv)
+    n = frames_fit(kv, "qvg-int2", budget, sink=1, window=1, span=8)
+    cold = n - 2
+    used = 2 * kf.page_bytes("bf16", kv) + cold * page2 + -(-cold // 8) * book2
+    assert used <= budget
+    assert n > 3 * frames_fit(kv, "bf16", budget, 1, 1, 8)  # small spans: codebooks cost
+
+
+def test_bench_attention_runs_tiny(capsys):
+    args = [
+        "bench",
+        "attention",
+        "--history-frames",
+        "2",
+        "--sink-frames",
+        "1",
+        "--tokens-per-frame",
+        "16",
+        "--chunk-frames",
+        "1",
+        "--heads",
+        "2",
+        "--head-dim",
+        "64",
+        "--repeat",
+        "1",
+        "--json",
+    ]
+    assert main(args) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["path"] for r in rows] == ["dense-bf16", "pool-bf16", "pool-qvg-int2"]
+    assert all(r["ms"] > 0 and r["history_tokens"] == 32 for r in rows)
