@@ -20,7 +20,7 @@ from scheduler.pages import PageAllocator
 
 from .. import kv_format as kf
 from ..kv_pool import KVPool, pool_layout
-from ..paged_attention import StreamChunk, Workspace, batch_attention, rope_1d
+from ..paged_attention import StreamChunk, Workspace, batch_attention, rope_1d, xformers_ops
 from .codec import timed
 
 
@@ -73,7 +73,8 @@ def run(args: argparse.Namespace) -> int:
         pool, pages = _pool(args, kv, fmt, k, v, device)
         sc = StreamChunk(q, kn, vn, pool.read_plan(pages), hpos, qpos)
         _, ms = timed(lambda pool=pool, sc=sc: batch_attention(pool, 0, [sc], ws), device, repeat)
-        rows.append({"path": f"pool-{fmt or 'bf16'}", "ms": ms})
+        attn = "xformers" if xformers_ops() is not None and device.type == "cuda" else "sdpa"
+        rows.append({"path": f"pool-{fmt or 'bf16'}", "ms": ms, "attention": attn})
     for r in rows:
         r.update(
             ratio_vs_dense=r["ms"] / rows[0]["ms"],
@@ -100,7 +101,7 @@ def _dense_row(q, kn, vn, k, v, hpos, qpos, device, repeat) -> dict:
         return F.scaled_dot_product_attention(qq[None], kk[None], vv[None])
 
     _, ms = timed(step, device, repeat)
-    return {"path": "dense-bf16", "ms": ms}
+    return {"path": "dense-bf16", "ms": ms, "attention": "sdpa"}
 
 
 if __name__ == "__main__":  # pragma: no cover
