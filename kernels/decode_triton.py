@@ -18,43 +18,46 @@ Bytes for qvg-int2 [1, 12, 37440, 128]: reads 14.4 MB codes + 0.9 MB fp8 scales 
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import triton
 import triton.language as tl
 
-from .hadamard import hadamard
 from .spec import QuantSpec
+
+# defaults (H100 sweep: tools/decode_sweep.py)
+BLOCK_S = 32
+NUM_WARPS = 4
+JOIN = True
+NUM_STAGES = 3
+WAVES = 8
 
 
 @triton.jit
 def _unpack(
     codes_ptr,
-    row,
-    S,
-    offs_s,
-    s_ok,
-    g,
-    D: tl.constexpr,
+    n,
+    ok,
     G: tl.constexpr,
     BITS: tl.constexpr,
     JOIN: tl.constexpr,
 ):
-    """int32 codes [BLOCK_S, G] of group g; code j sits at bits (j%K)*BITS of byte j//K."""
+    """int32 codes [BM, G] of token-groups n; code j sits at bits (j%K)*BITS of byte j//K."""
     K: tl.constexpr = 8 // BITS
     MASK: tl.constexpr = (1 << BITS) - 1
-    # int64 only in the per-row scalar; per-element offsets stay int32 (fewer registers)
-    base = codes_ptr + row * S * (D // K) + offs_s[:, None] * (D // K) + g * (G // K)
-    if JOIN and K > 1:  # one load per byte, then interleave the K fields in registers
-        b = tl.load(base + tl.arange(0, G // K)[None, :], mask=s_ok[:, None], other=0)
+    base = codes_ptr + n.to(tl.int64) * (G // K)  # one group's bytes are contiguous
+    if JOIN and K > 1:  # one (vector) load per byte, then interleave the K fields in registers
+        b = tl.load(base[:, None] + tl.arange(0, G // K)[None, :], mask=ok[:, None], other=0)
         b = b.to(tl.int32)
         if K == 2:
             q = tl.join(b & MASK, b >> 4)
         else:
             # join appends a minor axis: [j, u, p] <- field 2u+p, flattened to 4j + 2u + p
             q = tl.join(tl.join(b & 3, (b >> 4) & 3), tl.join((b >> 2) & 3, (b >> 6) & 3))
-        return tl.reshape(q, (offs_s.shape[0], G))
+        return tl.reshape(q, (n.shape[0], G))
     offs_c = tl.arange(0, G)  # one (L1-cached) byte load per code: no register shuffles
-    b = tl.load(base + offs_c[None, :] // K, mask=s_ok[:, None], other=0).to(tl.int32)
+    b = tl.load(base[:, None] + offs_c[None, :] // K, mask=ok[:, None], other=0).to(tl.int32)
     return (b >> ((offs_c % K) * BITS)[None, :]) & MASK
 
 
@@ -66,7 +69,6 @@ def _decode_kernel(
     sos_ptr,
     c_ptr,
     ids_ptr,
-    h_ptr,
     out_ptr,
     R,
     S,
@@ -75,6 +77,8 @@ def _decode_kernel(
     stride_b,
     stride_h,
     stride_s,
+    N,
+    n_tiles,
     D: tl.constexpr,
     G: tl.constexpr,
     T: tl.constexpr,
@@ -84,24 +88,32 @@ def _decode_kernel(
     HAS_SOS: tl.constexpr,
     DOT_FP32: tl.constexpr,
     JOIN: tl.constexpr,
-    BLOCK_S: tl.constexpr,
+    BM: tl.constexpr,
 ):
+    """Tiles of BM token-groups (flat index n = (row*S + token)*NG + g over all rows): codes,
+    scales and (contiguous) outputs of a tile are contiguous, and one [BM, G] x [G, G] dot
+    un-rotates every group of the tile. A persistent grid strides over the tiles."""
     LEVELS: tl.constexpr = 1 << BITS
     NG: tl.constexpr = D // G
-    row = tl.program_id(0).to(tl.int64)
-    offs_s = tl.program_id(1) * BLOCK_S + tl.arange(0, BLOCK_S)
-    s_ok = offs_s < S
     offs_c = tl.arange(0, G)
-    out_row = out_ptr + (row // H_OUT) * stride_b + (row % H_OUT) * stride_h
-    scales_row = scales_ptr + row * S * NG
-    zeros_row = zeros_ptr + row * S * NG
-    sos = tl.load(sos_ptr + row) if HAS_SOS else 1.0
-    if ROTATE:
-        h = tl.load(h_ptr + offs_c[:, None] * G + offs_c[None, :])  # +-1, fp16 or fp32
-    for g in tl.static_range(NG):
-        q = _unpack(codes_ptr, row, S, offs_s, s_ok, g, D, G, BITS, JOIN).to(tl.float32)
-        s = tl.load(scales_row + offs_s * NG + g, mask=s_ok, other=0.0)
-        s = s.to(tl.float32) * sos
+    offs_m = tl.arange(0, BM)
+    if ROTATE:  # +-1 Sylvester matrix from the parity of popcount(i & j): no load
+        p = offs_c[:, None] & offs_c[None, :]
+        p ^= p >> 4
+        p ^= p >> 2
+        p ^= p >> 1
+        h = (1 - 2 * (p & 1)).to(tl.float32 if DOT_FP32 else tl.float16)
+    for tile in range(tl.program_id(0), n_tiles, tl.num_programs(0)):
+        n = tile * BM + offs_m
+        ok = n < N
+        tg = n // NG  # flat token index over R*S
+        g = n % NG
+        row = tg // S
+        tok = tg - row * S
+        q = _unpack(codes_ptr, n, ok, G, BITS, JOIN).to(tl.float32)
+        s = tl.load(scales_ptr + n, mask=ok, other=0.0).to(tl.float32)
+        if HAS_SOS:
+            s = s * tl.load(sos_ptr + row, mask=ok, other=1.0)
         lv = q - (LEVELS - 1) / 2 if SYM else q
         if ROTATE:
             if DOT_FP32:
@@ -112,29 +124,34 @@ def _decode_kernel(
         else:
             y = lv * s[:, None]
         if not SYM:
-            z = tl.load(zeros_row + offs_s * NG + g, mask=s_ok, other=0.0)
-            z = z.to(tl.float32) * sos
+            z = tl.load(zeros_ptr + n, mask=ok, other=0.0).to(tl.float32)
+            if HAS_SOS:
+                z = z * tl.load(sos_ptr + row, mask=ok, other=1.0)
             if ROTATE:
                 y += tl.where(offs_c[None, :] == 0, z[:, None] * tl.sqrt(G * 1.0), 0.0)
             else:
                 y += z[:, None]
         for t in tl.static_range(T):
-            idx = tl.load(ids_ptr + (t * R + row) * S + offs_s, mask=s_ok, other=0).to(tl.int32)
-            cen = tl.load(
-                c_ptr + (t * R + row) * C * D + idx[:, None] * D + g * G + offs_c[None, :],
-                mask=s_ok[:, None],
-                other=0.0,
-            )
+            idx = tl.load(ids_ptr + (t * R * S + tg.to(tl.int64)), mask=ok, other=0)
+            cbase = ((t * R + row.to(tl.int64)) * C + idx.to(tl.int64)) * D + g * G
+            cen = tl.load(c_ptr + cbase[:, None] + offs_c[None, :], mask=ok[:, None], other=0.0)
             y += cen.to(tl.float32)
+        obase = (
+            (row // H_OUT).to(tl.int64) * stride_b
+            + (row % H_OUT).to(tl.int64) * stride_h
+            + tok.to(tl.int64) * stride_s
+            + g * G
+        )
         tl.store(
-            out_row + offs_s[:, None] * stride_s + g * G + offs_c[None, :],
+            out_ptr + obase[:, None] + offs_c[None, :],
             y.to(out_ptr.dtype.element_ty),
-            mask=s_ok[:, None],
+            mask=ok[:, None],
         )
 
 
-def _pm1_hadamard(g: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    return (hadamard(g, device) * g**0.5).round().to(dtype).contiguous()
+@functools.cache
+def _num_sms(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
 
 
 def decode(
@@ -147,9 +164,11 @@ def decode(
     spec: QuantSpec,
     out_dtype: torch.dtype = torch.bfloat16,
     out: torch.Tensor | None = None,
-    block_s: int = 64,
-    num_warps: int = 4,
-    join: bool = True,
+    block_s: int = BLOCK_S,
+    num_warps: int = NUM_WARPS,
+    join: bool = JOIN,
+    num_stages: int = NUM_STAGES,
+    waves: int = WAVES,
 ) -> torch.Tensor:
     """Fused QVG decode of one span (or any group-quantized tensor when centroids is None).
 
@@ -161,28 +180,38 @@ def decode(
     [B, H, S, D] view with unit stride on D (a slice of a paged workspace): it is written in
     place. Bytes: reads B*H*S*(D*bits/8 + (D/G)*scale.itemsize*(1 or 2) + T*id.itemsize) plus
     the centroid rows gathered from L2, writes B*H*S*D*out.itemsize.
+    Tuning: a tile is block_s tokens (block_s * D/G token-groups); waves > 0 runs a persistent
+    grid of waves * SM-count programs (0: one program per tile).
     """
     b, h, s, cb = codes.shape
     d, g, r = cb * 8 // spec.bits, spec.group_size, b * h
+    ng = d // g
     if out is None:
         out = torch.empty(b, h, s, d, dtype=out_dtype, device=codes.device)
     if tuple(out.shape) != (b, h, s, d) or out.stride(-1) != 1:
         raise ValueError(f"decode: out must be [{b}, {h}, {s}, {d}] with unit stride on D")
+    if ng & (ng - 1) or g & (g - 1):
+        raise ValueError(f"decode: D/G = {ng} and G = {g} must be powers of two")
+    n = r * s * ng
+    if n >= 2**31 - 2**20:
+        raise ValueError("decode: more than 2**31 token-groups in one call")
     t = 0 if centroids is None else centroids.shape[0]
     c = 1 if centroids is None else centroids.shape[-2]
     cen = codes if t == 0 else centroids.contiguous()
     idt = codes if t == 0 else ids.contiguous()
     interp = codes.device.type == "cpu"  # CPU tensors only run under TRITON_INTERPRET=1
-    hm = _pm1_hadamard(g, codes.device, torch.float32 if interp else torch.float16)
-    grid = (r, triton.cdiv(s, block_s))
-    _decode_kernel[grid](
+    bm = block_s * ng
+    n_tiles = triton.cdiv(n, bm)
+    grid = n_tiles
+    if waves > 0 and not interp:
+        grid = min(n_tiles, waves * _num_sms(codes.device.index or 0))
+    _decode_kernel[(grid,)](
         codes.contiguous(),
         scales.contiguous(),
         scales if zeros is None else zeros.contiguous(),
-        hm if scale_of_scales is None else scale_of_scales.contiguous(),
+        scales if scale_of_scales is None else scale_of_scales.contiguous(),
         cen,
         idt,
-        hm,
         out,
         r,
         s,
@@ -191,6 +220,8 @@ def decode(
         out.stride(0),
         out.stride(1),
         out.stride(2),
+        n,
+        n_tiles,
         D=d,
         G=g,
         T=t,
@@ -200,7 +231,8 @@ def decode(
         HAS_SOS=scale_of_scales is not None,
         DOT_FP32=interp,
         JOIN=join,
-        BLOCK_S=block_s,
+        BM=bm,
         num_warps=num_warps,
+        num_stages=num_stages,
     )
     return out

@@ -1,0 +1,218 @@
+"""H100 tuning sweep for the fused QVG decode and an encode per-phase profile (not a test).
+
+    python tools/decode_sweep.py [decode] [encode]     # prints tables
+
+decode: qvg-int2 [1, 12, 37440, 128] bf16 out, (block_s, warps, join) then (waves, stages) for
+the best three; GB/s = (stored bytes + bf16 out bytes) / time, % of a bf16 clone().
+encode: qvg_triton.encode's phases timed with CUDA events (init, per-iteration assign / update /
+tol check, final assign, quantize) and an assign (precision, block) sweep with id agreement.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import torch
+import triton.testing
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from kernels import decode_triton, kmeans_ref, kmeans_triton, quant_triton, qvg_ref  # noqa: E402
+from kernels.spec import get_spec  # noqa: E402
+
+SHAPE = (1, 12, 37440, 128)
+
+
+def kv_like(seed: int = 0) -> torch.Tensor:
+    b, h, s, d = SHAPE
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    centers = torch.randn(b * h, 64, d, generator=g, device="cuda") * 2
+    ids = torch.randint(0, 64, (b * h, s), generator=g, device="cuda")
+    x = torch.gather(centers, 1, ids[..., None].expand(-1, -1, d))
+    x = x + 0.5 * torch.randn(b * h, s, d, generator=g, device="cuda")
+    return x.reshape(SHAPE).to(torch.bfloat16)
+
+
+def bench_ms(fn) -> float:
+    return float(triton.testing.do_bench(fn, warmup=10, rep=40, return_mode="median"))
+
+
+def sweep_decode(x: torch.Tensor) -> None:
+    clone_ms = bench_ms(lambda: x.clone())
+    copy = 4 * x.numel() / clone_ms / 1e6
+    print(f"clone {clone_ms * 1e3:.1f} us = {copy:.0f} GB/s")
+    enc = qvg_ref.encode(x, get_spec("qvg-int2").with_kmeans(iters=1))
+    want = qvg_ref.decode(enc, torch.float32)
+    moved = enc.nbytes + x.numel() * 2
+    t = enc.tensors
+    args = (
+        t["codes"],
+        t["scales"],
+        None,
+        t["scale_of_scales"],
+        t["centroids.0"][None],
+        t["ids.0"][None],
+        enc.spec.quant,
+    )
+    res = {}
+
+    def one(bs, nw, join, waves, st):
+        key = (bs, nw, join, waves, st)
+        if key in res:
+            return res[key]
+        try:
+
+            def run():
+                return decode_triton.decode(
+                    *args, block_s=bs, num_warps=nw, join=join, waves=waves, num_stages=st
+                )
+
+            err = float((run().float() - want).abs().max())
+            us = bench_ms(run) * 1e3
+        except Exception as e:  # report and go on
+            print(f"  {key} failed: {type(e).__name__}: {str(e)[:200]}")
+            err, us = float("nan"), float("inf")
+        res[key] = (us, err)
+        gbs = moved / us / 1e3
+        print(
+            f"decode bs={bs:4d} w={nw} join={join!s:5} waves={waves} st={st}  {us:7.1f} us "
+            f"{gbs:6.0f} GB/s {100 * gbs / copy:5.1f}% of copy  max|err| {err:.2e}",
+            flush=True,
+        )
+        return res[key]
+
+    for bs, nw in ((16, 2), (16, 4), (32, 2), (32, 4), (64, 4)):
+        for join in (True, False):
+            for waves, st in ((8, 3), (16, 3), (4, 4), (8, 4), (16, 4), (32, 3)):
+                one(bs, nw, join, waves, st)
+    k = min(res, key=lambda k: res[k][0])
+    print("best", k, res[k], f"{100 * moved / res[k][0] / 1e3 / copy:.1f}% of copy")
+    us = bench_ms(lambda: decode_triton.decode(*args)) * 1e3
+    print(f"default {us:.1f} us {moved / us / 1e3:.0f} GB/s {100 * moved / us / 1e3 / copy:.1f}%")
+
+
+class Timer:
+    def __init__(self):
+        self.ev: dict[str, list[float]] = {}
+
+    def __call__(self, name, fn):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        out = fn()
+        b.record()
+        b.synchronize()
+        self.ev.setdefault(name, []).append(a.elapsed_time(b))
+        return out
+
+
+def profile_encode(x: torch.Tensor, name: str, iters: int, precision: str) -> None:
+    spec = get_spec(name).with_kmeans(iters=iters)
+    ks, qs = spec.kmeans, spec.quant
+    b, h, s, d = x.shape
+    xr = x.reshape(b * h, s, d)
+    for _rep in range(3):  # the last repetition is reported (first ones compile)
+        tm = Timer()
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        init = tm("init", lambda: kmeans_triton.init_centroids(xr, ks.centroids, ks.seed))
+        cent, prev = init, None
+        for _ in range(ks.iters):
+            ids = tm("assign", lambda c=cent: kmeans_triton.assign(xr, c, precision))
+            cent, _ = tm("update", lambda i=ids, c=cent: kmeans_triton.update(xr, i, c))
+            if prev is not None:
+                tm("tol", lambda i=ids, p=prev: (i != p).float().mean().item())
+            prev = ids
+        cs = cent.to(ks.centroid_dtype)
+        idx = tm("final_assign", lambda c=cs: kmeans_triton.assign(xr, c, precision))
+        tm("quantize", lambda c=cs, i=idx: quant_triton.quantize(xr, c[None], i[None], qs))
+        torch.cuda.synchronize()
+        wall = (time.perf_counter() - t0) * 1e3
+    parts = " ".join(f"{k}={sum(v):.3f}ms(x{len(v)})" for k, v in tm.ev.items())
+    print(f"encode {name} iters={iters} {precision}: wall {wall:.2f} ms | {parts}", flush=True)
+    u = tm.ev["update"][-1]
+    r, c = xr.shape[0], ks.centroids
+    ids = kmeans_triton.assign(xr, cent, precision)
+    tm2 = Timer()
+    for _ in range(3):
+        tm2("sort", lambda: torch.sort(ids, dim=1, stable=True))
+        cnt = torch.zeros(r, c, dtype=torch.int32, device=x.device)
+        one = torch.ones_like(ids, dtype=torch.int32)
+        tm2("counts", lambda cnt=cnt, one=one: cnt.scatter_add_(1, ids, one))
+        tm2("first_dup", lambda: kmeans_triton.first_duplicate(cent))
+    print(
+        f"  update {u:.3f} ms: sort {tm2.ev['sort'][-1]:.3f} scatter {tm2.ev['counts'][-1]:.3f}"
+        f" | first_duplicate {tm2.ev['first_dup'][-1]:.3f}"
+    )
+
+
+def sweep_quant(x: torch.Tensor) -> None:
+    spec = get_spec("qvg-int2")
+    xr = x.reshape(-1, SHAPE[2], SHAPE[3])
+    cent = kmeans_triton.init_centroids(xr, 256, 0).to(torch.bfloat16)
+    idx = kmeans_triton.assign(xr, cent).to(torch.uint8)
+    ref = quant_triton.quantize(xr, cent[None], idx[None], spec.quant)
+    for bs in (16, 32, 64, 128):
+        for nw in (2, 4, 8):
+            try:
+
+                def f(bs=bs, nw=nw):
+                    return quant_triton.quantize(
+                        xr, cent[None], idx[None], spec.quant, block_s=bs, num_warps=nw
+                    )
+
+                same = torch.equal(f().codes, ref.codes)
+                print(f"quantize bs={bs} w={nw}: {bench_ms(f):.3f} ms same={same}", flush=True)
+            except Exception as e:
+                print(f"quantize {bs} {nw} failed: {str(e)[:200]}")
+
+
+def sweep_assign(x: torch.Tensor) -> None:
+    r = x.reshape(-1, SHAPE[2], SHAPE[3])
+    cent = kmeans_ref.init_centroids(r.float(), 256, 0)
+    want = kmeans_ref.assign(r.float(), cent)
+    for prec in ("ieee", "tf32x3", "tf32"):
+        for bs, bc, bk, nw, st in (
+            (64, 64, 32, 4, 2),
+            (128, 64, 32, 4, 2),
+            (128, 128, 32, 8, 2),
+            (64, 128, 32, 4, 2),
+            (128, 64, 64, 8, 3),
+            (64, 256, 32, 8, 2),
+            (128, 256, 32, 8, 2),
+        ):
+            if prec == "ieee" and bs * bc > 64 * 128:
+                continue
+            try:
+
+                def f(prec=prec, bs=bs, bc=bc, bk=bk, nw=nw, st=st):
+                    return kmeans_triton.assign(r, cent, prec, bs, bc, bk, nw, st)
+
+                m = float((f() == want).float().mean())
+                ms = bench_ms(f)
+                print(
+                    f"assign {prec:6s} bs={bs} bc={bc} bk={bk} w={nw} st={st}: {ms:.3f} ms "
+                    f"match {100 * m:.4f}%",
+                    flush=True,
+                )
+            except Exception as e:
+                print(f"assign {prec} {bs} {bc} {bk} {nw} failed: {str(e)[:200]}")
+
+
+def main() -> None:
+    what = set(sys.argv[1:]) or {"decode", "encode"}
+    x = kv_like()
+    print(torch.cuda.get_device_name(), flush=True)
+    if "decode" in what:
+        sweep_decode(x)
+    if "encode" in what:
+        for prec in ("ieee", "tf32x3"):
+            profile_encode(x, "qvg-int2", 2, prec)
+        sweep_quant(x)
+        if "assign" in what:
+            sweep_assign(x)
+
+
+if __name__ == "__main__":
+    main()
