@@ -177,7 +177,12 @@ def _quant_kernel(
     MANT: tl.constexpr,
     EMIN: tl.constexpr,
     BLOCK_S: tl.constexpr,
+    EXACT: tl.constexpr,
+    EK: tl.constexpr,
 ):
+    """EK: squared errors are rounded to multiples of 2^-EK (2^e)^2, e the exponent of a group's
+    largest candidate scale: |y - level| < 6 * 2^e, so a group's sum stays < 2^50 grid units and
+    fp64 adds them exactly (44 - log2(G))."""
     LEVELS: tl.constexpr = 1 << BITS
     K: tl.constexpr = 8 // BITS  # codes per byte
     NG: tl.constexpr = D // G
@@ -189,17 +194,23 @@ def _quant_kernel(
         y = _rotated(x_ptr, c_ptr, ids_ptr, h_ptr, row, R, S, C, offs_s, s_ok, g, D, G, T, ROTATE)
         if SYM:
             s0 = tl.math.div_rn(tl.max(tl.abs(y), axis=1), (LEVELS - 1) / 2)
-            best_err = tl.full((BLOCK_S,), float("inf"), tl.float32)
-            best_st = tl.zeros((BLOCK_S,), tl.float32)
-            best_s = tl.zeros((BLOCK_S,), tl.float32)
-            for i in range(N_ALPHA):  # first candidate wins ties, as in the reference
-                st, s = _store_scale(s0 * tl.load(alpha_ptr + i), sos, HAS_SOS, MANT, EMIN)
-                q = _quant_sym(y, s, LEVELS)
-                err = tl.sum(_sq_err(y, q, s, LEVELS), axis=1)
-                better = (err < best_err) | (i == 0)
-                best_err = tl.where(better, err, best_err)
-                best_st = tl.where(better, st, best_st)
-                best_s = tl.where(better, s, best_s)
+            # fixed-point grid of the squared errors: 2^(EK - 2e), e = exponent of the largest
+            # scale of the group (candidate 0 is the largest), so every candidate's error is a sum
+            # of integers < 2^53 in fp64: exact, hence independent of the reduction order
+            st0, s_0 = _store_scale(s0 * tl.load(alpha_ptr), sos, HAS_SOS, MANT, EMIN)
+            e = (tl.maximum(s0, s_0).to(tl.int32, bitcast=True) >> 23) & 0xFF
+            e = tl.maximum(e, 27)  # biased; e >= -100
+            grid = ((1023 + EK - 2 * (e - 127)).to(tl.int64) << 52).to(tl.float64, bitcast=True)
+            best_st, best_s, near = _search(
+                y, s0, grid, alpha_ptr, N_ALPHA, sos, HAS_SOS, MANT, EMIN, LEVELS, EXACT
+            )
+            if not EXACT:
+                # the fast search flags values whose reciprocal-multiply level could differ from
+                # the IEEE division's; then this block's group is searched again exactly
+                if tl.max(near, axis=0) != 0:
+                    best_st, best_s, near = _search(
+                        y, s0, grid, alpha_ptr, N_ALPHA, sos, HAS_SOS, MANT, EMIN, LEVELS, True
+                    )
             q = _quant_sym(y, best_s, LEVELS)
         else:
             mn = tl.min(y, axis=1)
@@ -222,6 +233,59 @@ def _quant_kernel(
             mask=s_ok,
         )
         _pack_store(codes_ptr, q, row, S, offs_s, s_ok, g, D, G, BITS, K)
+
+
+@triton.jit
+def _search(
+    y,
+    s0,
+    grid,
+    alpha_ptr,
+    N_ALPHA,
+    sos,
+    HAS_SOS: tl.constexpr,
+    MANT: tl.constexpr,
+    EMIN: tl.constexpr,
+    LEVELS: tl.constexpr,
+    EXACT: tl.constexpr,
+):
+    """Least-error candidate scale of each row of y [BLOCK_S, G]: (stored, fp32 value, near).
+
+    Candidates in the reference's order, strictly smaller error wins (first wins ties). Errors
+    are sum((y - (q - (L-1)/2) * s)^2): each fp32 square (the reference's) is rounded to the
+    row's fixed-point `grid` and summed exactly in fp64, so the ranking does not depend on the
+    launch config (reduction order).
+    EXACT: levels by IEEE division (as the reference). Otherwise by y * (1/s) (one division per
+    row instead of per value); `near` (int32 [BLOCK_S]) is 1 where a value lands within 2^-16 of
+    a level boundary, the only place the two can differ (|error| <= 3 ulp of y/s), so the
+    result equals the exact search wherever no row of the block is flagged.
+    """
+    best_err = tl.full((y.shape[0],), float("inf"), tl.float64)
+    best_st = tl.zeros((y.shape[0],), tl.float32)
+    best_s = tl.zeros((y.shape[0],), tl.float32)
+    near = tl.zeros(y.shape, tl.int32)
+    for i in range(N_ALPHA):  # first candidate wins ties, as in the reference
+        st, s = _store_scale(s0 * tl.load(alpha_ptr + i), sos, HAS_SOS, MANT, EMIN)
+        if EXACT:
+            q = _quant_sym(y, s, LEVELS)
+        else:
+            safe = tl.where(s > 0, s, 1.0)
+            z = y * tl.math.div_rn(1.0, safe)[:, None] + LEVELS / 2
+            q = tl.floor(z)
+            f = z - q
+            hit = ((f < 1.0 / 65536) | (f > 1.0 - 1.0 / 65536)) & (z > 0.5) & (z < LEVELS - 0.5)
+            near |= (hit & (y != 0.0) & (s[:, None] > 0)).to(tl.int32)
+            q = tl.minimum(tl.maximum(q, 0.0), LEVELS - 1.0)
+            q = tl.where(s[:, None] > 0, q, LEVELS // 2)
+        d = y - (q - (LEVELS - 1) / 2) * s[:, None]
+        t = (d * d).to(tl.float64) * grid[:, None]  # the reference's fp32 square, exact scaling
+        t = (t + 6755399441055744.0) - 6755399441055744.0  # 1.5 * 2^52: round to an integer
+        err = tl.sum(t, axis=1)
+        better = (err < best_err) | (i == 0)
+        best_err = tl.where(better, err, best_err)
+        best_st = tl.where(better, st, best_st)
+        best_s = tl.where(better, s, best_s)
+    return best_st, best_s, tl.max(near, axis=1)
 
 
 @triton.jit
@@ -281,6 +345,7 @@ def quantize(
     spec: QuantSpec,
     block_s: int = 64,
     num_warps: int = 8,
+    exact: bool = False,
 ) -> Quantized:
     """Fused subtract-centroids + rotate + choose scale + quantize + pack of QVG residuals.
 
@@ -335,6 +400,8 @@ def quantize(
         HAS_SOS=fp8,
         MANT=mant,
         EMIN=emin,
+        EXACT=exact,
+        EK=44 - (g.bit_length() - 1),
         **common,
         **launch,
     )

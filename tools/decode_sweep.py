@@ -204,6 +204,8 @@ def main() -> None:
     what = set(sys.argv[1:]) or {"decode", "encode"}
     x = kv_like()
     print(torch.cuda.get_device_name(), flush=True)
+    if "probe" in what:
+        probe(x)
     if "decode" in what:
         sweep_decode(x)
     if "encode" in what:
@@ -212,6 +214,99 @@ def main() -> None:
         sweep_quant(x)
         if "assign" in what:
             sweep_assign(x)
+
+
+def probe(x: torch.Tensor) -> None:
+    """Decode diagnostics (what costs what) and quantize fast vs exact search."""
+    import dataclasses
+
+    clone_ms = bench_ms(lambda: x.clone())
+    copy = 4 * x.numel() / clone_ms / 1e6
+    o = torch.empty_like(x)
+    fill_ms = bench_ms(lambda: o.fill_(1.0))
+    print(
+        f"clone {clone_ms * 1e3:.1f} us {copy:.0f} GB/s | fill {fill_ms * 1e3:.1f} us "
+        f"{2 * x.numel() / fill_ms / 1e6:.0f} GB/s",
+        flush=True,
+    )
+    spec = get_spec("qvg-int2").with_kmeans(iters=1)
+    enc = qvg_ref.encode(x, spec)
+    want = qvg_ref.decode(enc, torch.float32)
+    moved = enc.nbytes + x.numel() * 2
+    t = enc.tensors
+    qs = spec.quant
+    cen, ids = t["centroids.0"][None], t["ids.0"][None]
+    base = (t["codes"], t["scales"], None, t["scale_of_scales"])
+    variants = {
+        "default": dict(),
+        "evict=False": dict(evict=False),
+        "evict bs16 w2": dict(block_s=16, num_warps=2),
+        "evict bs64 w4": dict(block_s=64, num_warps=4),
+        "evict bs64 w8": dict(block_s=64, num_warps=8),
+        "evict waves16": dict(waves=16),
+        "evict waves4 st4": dict(waves=4, num_stages=4),
+        "evict join=False": dict(join=False),
+        "maxnreg 64": dict(maxnreg=64),
+        "maxnreg 80": dict(maxnreg=80),
+        "maxnreg 96": dict(maxnreg=96),
+        "bs16 w4 maxnreg 64": dict(block_s=16, maxnreg=64),
+        "bs16 w4 maxnreg 80": dict(block_s=16, maxnreg=80),
+        "bs32 w8 maxnreg 64": dict(num_warps=8, maxnreg=64),
+        "bs64 w8 maxnreg 80": dict(block_s=64, num_warps=8, maxnreg=80),
+        "maxnreg 64 waves16": dict(maxnreg=64, waves=16),
+        "maxnreg 80 waves12 st2": dict(maxnreg=80, waves=12, num_stages=2),
+        "bs16 w2 maxnreg 64 w32": dict(block_s=16, num_warps=2, maxnreg=64, waves=32),
+    }
+    for name, kw in variants.items():
+
+        def run(kw=kw):
+            return decode_triton.decode(*base, cen, ids, qs, **kw)
+
+        err = float((run().float() - want).abs().max())
+        us = bench_ms(run) * 1e3
+        gbs = moved / us / 1e3
+        print(
+            f"decode {name:18s} {us:7.1f} us {gbs:6.0f} GB/s {100 * gbs / copy:5.1f}% "
+            f"err {err:.2e}",
+            flush=True,
+        )
+    for name, args in {
+        "no-centroids": (*base, None, None, qs),
+        "no-rotate": (*base, cen, ids, dataclasses.replace(qs, rotate=False)),
+        "neither": (*base, None, None, dataclasses.replace(qs, rotate=False)),
+    }.items():
+        us = bench_ms(lambda a=args: decode_triton.decode(*a)) * 1e3
+        print(f"diag {name:14s} {us:7.1f} us {moved / us / 1e3:6.0f} GB/s", flush=True)
+    xr = x.reshape(-1, SHAPE[2], SHAPE[3])
+    c2 = kmeans_triton.init_centroids(xr, 256, 0).to(torch.bfloat16)
+    i2 = kmeans_triton.assign(xr, c2).to(torch.uint8)
+    ex = quant_triton.quantize(xr, c2[None], i2[None], get_spec("qvg-int2").quant, exact=True)
+    for bs, nw, exact in (
+        (64, 8, True),
+        (64, 8, False),
+        (32, 4, False),
+        (64, 4, False),
+        (128, 8, False),
+        (32, 8, False),
+        (16, 4, False),
+    ):
+
+        def f(bs=bs, nw=nw, exact=exact):
+            return quant_triton.quantize(
+                xr,
+                c2[None],
+                i2[None],
+                get_spec("qvg-int2").quant,
+                block_s=bs,
+                num_warps=nw,
+                exact=exact,
+            )
+
+        q = f()
+        same = torch.equal(q.codes, ex.codes) and torch.equal(q.scales, ex.scales)
+        print(
+            f"quantize bs={bs} w={nw} exact={exact}: {bench_ms(f):.3f} ms same={same}", flush=True
+        )
 
 
 if __name__ == "__main__":

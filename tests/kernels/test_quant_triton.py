@@ -140,3 +140,18 @@ def test_quantize_full_size_gpu(name):
     codes, qp = _reference(x, cent, ids, spec)
     assert (got.codes != codes).float().mean() <= 0.005
     torch.testing.assert_close(got.scale_of_scales, qp.scale_of_scales, **tol("fp32"))
+
+
+@pytest.mark.parametrize("name", ["int2-search", "int2-rot-search", "int2-fp16"])
+def test_quantize_fast_search_equals_exact_and_is_config_independent(name):
+    """The reciprocal-multiply search (with its exact fallback) picks the same scales as the
+    IEEE-division search, and codes do not depend on block size / warps (exact error sums)."""
+    spec = SPECS[name]
+    x, cent, ids = _stage(r=2, s=70, seed=3)
+    x[0, :3] = 0.0  # exact zeros and a tiny group exercise the flags
+    x[1, 5] *= 1e-12
+    want = qt.quantize(x, cent, ids, spec, exact=True)
+    for bs, nw in ((64, 8), (16, 2), (32, 4)):
+        got = qt.quantize(x, cent, ids, spec, block_s=bs, num_warps=nw)
+        assert torch.equal(got.codes, want.codes)
+        assert torch.equal(got.scales.float(), want.scales.float())
