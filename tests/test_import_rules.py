@@ -10,10 +10,9 @@ HEAVY = ("torch", "numpy", "triton", "ray")
 
 
 def _loaded_after_import(module: str) -> list[str]:
-    code = (
-        f"import sys, json, {module}; "
-        f"print(json.dumps([m for m in {HEAVY!r} if m in sys.modules]))"
-    )
+    heavy = repr(HEAVY)
+    code = f"import sys, json, {module}; "
+    code += f"print(json.dumps([m for m in {heavy} if m in sys.modules]))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -35,8 +34,10 @@ def test_scheduler_submodules_are_standard_library_only():
 def test_kernels_does_not_import_serving_stack():
     code = (
         "import sys, kernels, pkgutil, importlib; "
-        "[importlib.import_module('kernels.' + m.name) for m in pkgutil.iter_modules(kernels.__path__)]; "
-        "print([m for m in ('ray', 'pydantic', 'fastapi', 'prometheus_client') if m in sys.modules])"
+        "[importlib.import_module('kernels.' + m.name) "
+        "for m in pkgutil.iter_modules(kernels.__path__)]; "
+        "print([m for m in ('ray', 'pydantic', 'fastapi', 'prometheus_client') "
+        "if m in sys.modules])"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip().splitlines()[-1] == "[]"

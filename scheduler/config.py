@@ -1,0 +1,155 @@
+"""Configuration of the scheduler policy: batching limits, watermarks, ladder, tenants.
+
+Frozen dataclasses, standard library only; one pydantic model at the edge builds them. Every
+check raises ValueError naming the field and the fix.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import IntEnum
+from types import MappingProxyType
+
+RUNGS = ("encode", "reencode", "offload", "drop", "preempt", "refuse")
+"""The memory-pressure ladder, cheapest loss first (DESIGN.md); rung n is RUNGS[n - 1]."""
+
+
+class Priority(IntEnum):
+    """Priority class of a stream; higher wins memory and batch slots."""
+
+    LOW = 0
+    NORMAL = 1
+    HIGH = 2
+
+
+def _positive(name: str, value: object, low: int = 1) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < low:
+        raise ValueError(f"{name} = {value!r}; it must be an int >= {low}")
+
+
+@dataclass(frozen=True, slots=True)
+class TenantConfig:
+    """Limits of one tenant, in GPU-resident pages (any format: a page is a page).
+
+    Pages, not bytes, so a tenant's quota does not change when the ladder encodes its pages.
+    """
+
+    weight: float = 1.0
+    """Weight in the fair share of GPU pages and of batch slots; 1.0 = an equal share."""
+    page_cap: int | None = None
+    """At most this many GPU pages at once (None = no cap beyond the pool itself)."""
+    page_floor: int = 0
+    """Guaranteed GPU pages: other tenants' pressure never offloads/drops/preempts below it."""
+
+    def __post_init__(self) -> None:
+        if not self.weight > 0:
+            raise ValueError(f"weight = {self.weight!r}; it must be > 0 (e.g. 1.0)")
+        _positive("page_floor", self.page_floor, 0)
+        if self.page_cap is not None:
+            _positive("page_cap", self.page_cap)
+            if self.page_cap < self.page_floor:
+                raise ValueError(
+                    f"page_cap = {self.page_cap} < page_floor = {self.page_floor}; "
+                    "raise page_cap or lower page_floor"
+                )
+
+
+DEFAULT_TENANT = TenantConfig()
+
+
+@dataclass(frozen=True, slots=True)
+class SchedulerConfig:
+    """Policy knobs. Defaults fit Self-Forcing-1.3B: 3-frame chunks of 1,560 tokens a frame."""
+
+    max_batch_streams: int = 4
+    """Streams in one forward pass; an H100 keeps ~2 streams real-time, 4 fills the gaps."""
+    max_batch_tokens: int = 4 * 3 * 1560
+    """Query tokens in one forward pass: four 3-frame chunks (bounds activation memory)."""
+    max_waiting: int = 64
+    """Queue of submitted, not yet admitted streams; beyond it submit() rejects (HTTP 429)."""
+    sink_pages: int = 3
+    """First pages of a stream kept BF16: every later chunk attends to them (attention sink)."""
+    window_pages: int = 3
+    """Most recent pages kept BF16: the next chunk's nearest context, about to be re-read."""
+    min_span_pages: int = 3
+    """Fewest pages encoded as one span: a span's codebook costs more than one INT2 page."""
+    max_span_pages: int = 24
+    """Most pages encoded as one span: bounds one encode's transient destination (and its
+    latency); 24 pages already make the codebook ~1/24 of a page each."""
+    early_format: str = "qvg-int4"
+    """Format of rung 1 (early encode): near-lossless, so the first loss is the smallest."""
+    deep_format: str = "qvg-int2"
+    """Format of rung 2 (re-encode): ~7x smaller than BF16 at QVG's measured quality."""
+    high_watermark: float = 0.90
+    """GPU pool use (projected) above which the ladder starts; headroom for encode targets."""
+    low_watermark: float = 0.80
+    """The ladder frees down to this use, so it does not fire again at the very next commit."""
+    rungs: frozenset[str] = frozenset(RUNGS)
+    """Ladder rungs enabled (names from RUNGS); drop 'encode'/'reencode' for BF16-only paging."""
+    retry_after_s: float = 5.0
+    """Retry-After of a refusal: about one chunk of a few streams, when memory may be back."""
+    deadline_share: float = 0.5
+    """Batch slots that go by earliest deadline to real-time streams; the rest by fair share."""
+    deadline_horizon_s: float = 1.0
+    """A real-time stream takes a deadline slot once its chunk is due within this many seconds."""
+    max_blocked_steps: int = 10_000
+    """Steps a runnable stream may wait for memory before it fails ("kv_exhausted"): every
+    stream ends with a reason even when its enabled rungs can never make room (~10 min)."""
+    max_plans_per_step: int = 8
+    """Encode / offload plans the ladder orders per step: each costs the runner GPU time (a
+    span encode takes milliseconds), so a burst of pressure is spread over a few steps."""
+    max_ladder_candidates: int = 64
+    """Streams the ladder looks at per step (best first); bounds a step's cost at many streams."""
+    priority_weights: Mapping[int, float] = field(
+        default_factory=lambda: {Priority.LOW: 1.0, Priority.NORMAL: 2.0, Priority.HIGH: 4.0}
+    )
+    """Priority class -> weight in batch slots (weighted fair queueing); unknown classes = 1."""
+    tenants: Mapping[str, TenantConfig] = field(default_factory=dict)
+    """Tenant name -> limits; a tenant missing here gets TenantConfig() (no cap, no floor)."""
+
+    def __post_init__(self) -> None:
+        _positive("max_batch_streams", self.max_batch_streams)
+        _positive("max_batch_tokens", self.max_batch_tokens)
+        _positive("max_waiting", self.max_waiting, 0)
+        _positive("sink_pages", self.sink_pages, 0)
+        _positive("window_pages", self.window_pages, 0)
+        _positive("min_span_pages", self.min_span_pages)
+        _positive("max_span_pages", self.max_span_pages)
+        if self.max_span_pages < self.min_span_pages:
+            raise ValueError(
+                f"max_span_pages = {self.max_span_pages} < min_span_pages = "
+                f"{self.min_span_pages}; raise max_span_pages"
+            )
+        _positive("max_ladder_candidates", self.max_ladder_candidates)
+        _positive("max_blocked_steps", self.max_blocked_steps)
+        _positive("max_plans_per_step", self.max_plans_per_step)
+        if not 0.0 < self.low_watermark <= self.high_watermark <= 1.0:
+            raise ValueError(
+                f"watermarks low = {self.low_watermark}, high = {self.high_watermark}; "
+                "need 0 < low_watermark <= high_watermark <= 1"
+            )
+        unknown = sorted(set(self.rungs) - set(RUNGS))
+        if unknown:
+            raise ValueError(f"rungs has unknown names {unknown}; use names from {RUNGS}")
+        if not 0.0 <= self.deadline_share <= 1.0:
+            raise ValueError(f"deadline_share = {self.deadline_share}; it must be in [0, 1]")
+        if self.early_format == "bf16" or self.deep_format == "bf16":
+            raise ValueError("early_format / deep_format must be quantized formats, not 'bf16'")
+        for klass, weight in self.priority_weights.items():
+            if not weight > 0:
+                raise ValueError(f"priority_weights[{klass}] = {weight}; it must be > 0")
+        for name, tenant in self.tenants.items():
+            if not isinstance(tenant, TenantConfig):
+                raise ValueError(f"tenants[{name!r}] must be a TenantConfig, got {tenant!r}")
+        object.__setattr__(self, "rungs", frozenset(self.rungs))
+        object.__setattr__(self, "priority_weights", MappingProxyType(dict(self.priority_weights)))
+        object.__setattr__(self, "tenants", MappingProxyType(dict(self.tenants)))
+
+    def tenant(self, name: str) -> TenantConfig:
+        """Limits of tenant `name` (the default limits if it is not configured)."""
+        return self.tenants.get(name, DEFAULT_TENANT)
+
+    def weight(self, priority: int) -> float:
+        """Batch-slot weight of a priority class."""
+        return self.priority_weights.get(priority, 1.0)
