@@ -49,7 +49,8 @@ def _kivi_keys_layout(x: torch.Tensor, group: int) -> torch.Tensor:
 
 def encode(x: torch.Tensor, spec: CodecSpec, role: str = "k") -> Encoded:
     """Encode x [B, H, S, D] with a baseline spec (fp32 math)."""
-    shape = tuple(x.shape)
+    b, h, s, d = x.shape
+    shape = (b, h, s, d)
     xf = x.to(torch.float32)
     m = spec.method
     if m is Method.BF16:
@@ -60,8 +61,10 @@ def encode(x: torch.Tensor, spec: CodecSpec, role: str = "k") -> Encoded:
         vals = (xf / scale[..., None, None]).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
         tensors = {"values": vals, "scale": scale}
     elif m is Method.RTN:
+        assert spec.quant is not None
         tensors = _gq_encode(xf, spec.quant)
     elif m is Method.QUAROT:
+        assert spec.quant is not None
         tensors = _gq_encode(xf @ hadamard(shape[-1], x.device), spec.quant)
     elif m is Method.KIVI:
         assert spec.quant is not None
@@ -79,6 +82,7 @@ def decode(enc: Encoded, out_dtype: torch.dtype = torch.bfloat16) -> torch.Tenso
         return t["values"].to(out_dtype, copy=True)  # decode materialises, like every codec
     if m is Method.FP8:
         return (t["values"].float() * t["scale"][..., None, None]).to(out_dtype)
+    assert enc.spec.quant is not None
     y = _gq_decode(t, enc.spec.quant)
     if m is Method.QUAROT:
         y = y @ hadamard(enc.shape[-1], y.device)

@@ -95,17 +95,19 @@ def choose_qparams(x: torch.Tensor, spec: QuantSpec) -> QParams:
         )
     s0 = g.abs().amax(-1) / ((spec.levels - 1) / 2)
     sos = _sos(s0, spec.scale_dtype)
-    best_err = best = None
+    best_err: torch.Tensor | None = None
+    best: torch.Tensor | None = None
     for alpha in search_alphas(spec, x.device).tolist():
         stored = store_scale(s0 * alpha, spec.scale_dtype, sos)
         s = load_scale(stored, sos)[..., None]
         err = (g - dequantize_sym(quantize_sym(g, s, spec.levels), s, spec.levels)).square().sum(-1)
-        if best is None:
+        if best is None or best_err is None:
             best_err, best = err, stored
-        else:
+        else:  # strictly better only: ties keep the earlier (larger) candidate
             better = err < best_err
             best_err = torch.where(better, err, best_err)
             best = torch.where(better, stored, best)
+    assert best is not None  # search_alphas yields at least one candidate
     return QParams(best, None, sos)
 
 
@@ -115,6 +117,7 @@ def quantize(x: torch.Tensor, qp: QParams, spec: QuantSpec) -> torch.Tensor:
     s = load_scale(qp.scales, qp.scale_of_scales)[..., None]
     if spec.symmetric:
         return quantize_sym(g, s, spec.levels).reshape(x.shape)
+    assert qp.zeros is not None, "asymmetric params carry zeros"
     z = load_scale(qp.zeros, qp.scale_of_scales)[..., None]
     safe = torch.where(s > 0, s, torch.ones_like(s))
     q = torch.floor((g - z) / safe + 0.5).clamp_(0, spec.levels - 1)
@@ -127,6 +130,7 @@ def dequantize(q: torch.Tensor, qp: QParams, spec: QuantSpec) -> torch.Tensor:
     s = load_scale(qp.scales, qp.scale_of_scales)[..., None]
     if spec.symmetric:
         return dequantize_sym(g, s, spec.levels).reshape(q.shape)
+    assert qp.zeros is not None, "asymmetric params carry zeros"
     z = load_scale(qp.zeros, qp.scale_of_scales)[..., None]
     return (g.to(torch.float32) * s + z).reshape(q.shape)
 

@@ -13,16 +13,26 @@ BENCHES: dict[str, tuple[str, str]] = {
     "codec": ("codec", "every KV codec on the same K/V, side by side with the official QVG"),
     "capacity": ("capacity", "frames of KV history that fit in a budget, per page format"),
     "attention": ("attention", "one chunk's attention over paged (quantized) history vs dense"),
+    "scheduler": ("scheduler", "schedule()+update() timings and simulated capacity (no torch)"),
+}
+
+
+# command -> (module under qvg_serve, one-line help); modules declare their own arguments.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "generate": ("generate", "offline generation (no Ray): one MP4 per prompt, all batched"),
 }
 
 
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="qvg-serve", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
+    for name, (module, help_text) in COMMANDS.items():
+        sub = commands.add_parser(name, help=help_text, add_help=False)
+        sub.set_defaults(_module=module)
     bench = commands.add_parser("bench", help="run a benchmark (not a test)")
     benches = bench.add_subparsers(dest="bench", required=True)
     for name, (module, help_text) in BENCHES.items():
-        sub = benches.add_parser(name, help=help_text, description=help_text)
+        sub = benches.add_parser(name, help=help_text, description=help_text, add_help=False)
         sub.set_defaults(_module=module)
         # Arguments are declared by the module; import it lazily only for the chosen one.
         sub.set_defaults(_needs_args=True)
@@ -39,6 +49,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         sub = argparse.ArgumentParser(prog=f"qvg-serve bench {known.bench}")
         mod.add_arguments(sub)
         args = sub.parse_args(argv[argv.index(known.bench) + 1 :])
+        return int(mod.run(args) or 0)
+    if known.command in COMMANDS:
+        mod = importlib.import_module(f"qvg_serve.{known._module}")
+        sub = argparse.ArgumentParser(prog=f"qvg-serve {known.command}", description=mod.__doc__)
+        mod.add_arguments(sub)
+        args = sub.parse_args(argv[argv.index(known.command) + 1 :])
         return int(mod.run(args) or 0)
     parser.error(f"unknown command {known.command!r}")  # pragma: no cover
     return 2

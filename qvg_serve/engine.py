@@ -1,0 +1,315 @@
+"""The generation engine: scheduler decides, the runner (this) executes, streams get frames.
+
+One `step()`:
+
+    out = scheduler.schedule()                 batch, encode/move plans, freed pages
+    execute out.orders on the pool             (plans committed by the scheduler in update())
+    one model forward for the whole batch      per-sample timesteps: streams at different
+                                               denoising steps, commits and recomputes share it
+    denoise items: sampler step                commit items: write the chunk's K/V into its
+                                               new bf16 pages, decode frames, emit them
+    scheduler.update(StepResult)
+
+Tensor-side per-stream state (noise, current latents, committed latents, output chunks) lives
+here; everything about pages and policy lives in the scheduler. Committed latents are kept
+(small: one latent frame is C x h x w) so a stream preempted by dropping can rebuild its cache.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import deque
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+import torch
+
+from kernels.spec import CodecSpec, get_spec
+from scheduler.config import SchedulerConfig
+from scheduler.core import Scheduler
+from scheduler.output import COMMIT, DENOISE, Admission, BatchItem, StepResult
+from scheduler.pages import PageAllocator
+from scheduler.stream import StreamSpec
+
+from . import sampler
+from .engine_config import EngineConfig
+from .kv_pool import KVPool, kv_budget_bytes, pool_layout
+from .model import ChunkInput, ModelConfig, VideoModel
+from .paged_attention import Workspace
+from .paged_context import Entry, PagedContext
+
+SHIFT = 5.0
+"""Flow-matching timestep shift (Wan2.1 / Self-Forcing use 5 at 480p)."""
+
+
+def codec_specs(config: EngineConfig, tokens_per_frame: int) -> dict[str, CodecSpec]:
+    """Codec spec per pool format: the presets, with `config.centroids`, or by default a
+    power of two near a quarter of a page's tokens, within 8..256 (256 at Self-Forcing's
+    1,560 tokens per frame; 16 for the tiny model's 96), so small models' codebooks stay
+    smaller than the pages they serve."""
+    c = config.centroids
+    if c is None:
+        c = max(8, min(256, 1 << max(0, (tokens_per_frame // 4).bit_length() - 1)))
+    specs = {}
+    for fmt in config.formats:
+        spec = get_spec(fmt)
+        specs[fmt] = spec.with_kmeans(centroids=c) if spec.kmeans is not None else spec
+    return specs
+
+
+class Chunk(NamedTuple):
+    """One generated chunk as delivered to a client."""
+
+    index: int
+    frames: torch.Tensor  # uint8 [frames, H, W, 3] on the CPU
+    latents: torch.Tensor  # the chunk's clean latents [C, F, h, w] on the CPU
+
+
+@dataclass
+class StreamState:
+    """Tensor-side state of one stream."""
+
+    text: torch.Tensor  # [text_len, text_dim] on the device
+    noise: sampler.StreamNoise
+    x: torch.Tensor | None = None  # current noisy latents of the chunk being denoised
+    x0: torch.Tensor | None = None  # clean estimate after the last denoising step
+    committed: list[torch.Tensor] = field(default_factory=list)  # [C, h, w] per frame (CPU)
+    page_frame: dict[int, int] = field(default_factory=dict)  # page id -> latent frame index
+    out: deque = field(default_factory=deque)  # Chunk objects not yet taken
+    chunks_done: int = 0
+    ended: str | None = None  # end reason once the scheduler ended it
+
+
+class StepReport(NamedTuple):
+    step: int
+    batch: int  # streams in the forward pass (0 = idle step)
+    committed: tuple[int, ...]  # streams that produced a chunk this step
+    ended: tuple[tuple[int, str], ...]  # (stream, reason) that ended this step
+
+
+class Engine:
+    """Runs a model over many streams through the paged pool."""
+
+    def __init__(
+        self,
+        model: VideoModel,
+        config: EngineConfig,
+        scheduler_config: SchedulerConfig,
+        decoder=None,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        self.model, self.cfg, self.device = model, config, torch.device(device)
+        mc: ModelConfig = model.config
+        self.mc = mc
+        self.decoder = decoder
+        budget = kv_budget_bytes(
+            self.device, config.kv_cache_memory_bytes, config.gpu_memory_fraction
+        )
+        kv = mc.kv_shape()
+        specs = codec_specs(config, mc.tokens_per_frame)
+        layout = pool_layout(kv, config.formats, budget, config.cpu_offload_bytes, specs)
+        self.alloc = PageAllocator(layout, debug=False)
+        self.pool = KVPool(kv, self.alloc, self.device, specs)
+        self.scheduler = Scheduler(scheduler_config, self.alloc)
+        ws_tokens = config.max_batch_kv_tokens or self._default_workspace(scheduler_config)
+        self.ws = Workspace(ws_tokens, mc.heads, mc.head_dim, self.device, self._dtype())
+        self.streams: dict[int, StreamState] = {}
+        self._ids = itertools.count(1)
+
+    def _dtype(self) -> torch.dtype:
+        return next(iter(self.model.parameters())).dtype  # type: ignore[attr-defined]
+
+    def _default_workspace(self, sc: SchedulerConfig) -> int:
+        """Every stream of a full batch with the whole GPU arena as history, capped at what
+        one layer of the arena could hold in bf16 (history can never exceed the pool)."""
+        lay = self.alloc.layout
+        bf16_pages = lay.gpu_blocks * lay.items_per_block("bf16")
+        quant = [f for f in lay.page_bytes if f != "bf16"]
+        most = max([bf16_pages, *(lay.gpu_blocks * lay.items_per_block(f) for f in quant)])
+        return (most + sc.max_batch_streams * self.mc.frames_per_chunk) * self.mc.tokens_per_frame
+
+    # -- client actions ------------------------------------------------------------------------
+
+    def submit(
+        self,
+        text: torch.Tensor,
+        *,
+        chunks: int | None = 7,
+        seed: int = 0,
+        tenant: str = "default",
+        priority: int = 1,
+        target_fps: float | None = None,
+        stream_id: int | None = None,
+    ) -> tuple[int, Admission]:
+        """Queue a stream conditioned on text embeddings [text_len, text_dim]."""
+        mc = self.mc
+        want = (mc.text_len, mc.text_dim)
+        if tuple(text.shape) != want:
+            raise ValueError(f"text embeddings must be {want}, got {tuple(text.shape)}")
+        sid = next(self._ids) if stream_id is None else stream_id
+        spec = StreamSpec(
+            sid, tenant, priority, chunks, mc.frames_per_chunk, mc.tokens_per_frame,
+            len(mc.timesteps), target_fps, mc.frames_per_latent,
+        )  # fmt: skip
+        adm = self.scheduler.submit(spec)
+        if adm.accepted:
+            shape = (mc.in_channels, mc.frames_per_chunk, mc.latent_height, mc.latent_width)
+            self.streams[sid] = StreamState(
+                text.to(self.device, self._dtype()), sampler.StreamNoise(seed, shape)
+            )
+        return sid, adm
+
+    def cancel(self, stream_id: int) -> bool:
+        """End a stream now: pages freed at once, undelivered chunks dropped."""
+        ok = self.scheduler.cancel(stream_id)
+        st = self.streams.pop(stream_id, None)
+        return ok or st is not None
+
+    def set_text(self, stream_id: int, text: torch.Tensor) -> None:
+        """New conditioning from the next denoising pass on (prompt switch / action)."""
+        st = self.streams.get(stream_id)
+        if st is None:
+            raise KeyError(stream_id)
+        st.text = text.to(self.device, self._dtype())
+
+    def take(self, stream_id: int) -> list[Chunk]:
+        """Chunks generated since the last call (and drop them from the engine)."""
+        st = self.streams.get(stream_id)
+        if st is None:
+            return []
+        got = list(st.out)
+        st.out.clear()
+        return got
+
+    # -- the step ------------------------------------------------------------------------------
+
+    def step(self) -> StepReport:
+        out = self.scheduler.schedule()
+        done, failed = self._execute_orders(out.orders)
+        committed: list[int] = []
+        advanced: list[int] = []
+        if out.batch:
+            advanced, committed = self._forward(out.batch)
+        self.scheduler.update(StepResult(out.step, tuple(advanced), (), done, failed))
+        ended = self._collect_ended(out.batch)
+        return StepReport(out.step, len(out.batch), tuple(committed), ended)
+
+    def _execute_orders(self, orders) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        done, failed = [], []
+        for order in orders:
+            try:
+                self.pool.execute(order.plan)
+                done.append(order.plan.id)
+            except (RuntimeError, ValueError):  # e.g. CUDA OOM in a codec temp: retry later
+                failed.append(order.plan.id)
+        return tuple(done), tuple(failed)
+
+    def _forward(self, batch: tuple[BatchItem, ...]) -> tuple[list[int], list[int]]:
+        inputs, entries = [], []
+        for item in batch:
+            inp, entry = self._prepare(item)
+            inputs.append(inp)
+            entries.append(entry)
+        ctx = PagedContext(self.pool, self.ws, self.model.rope, entries)
+        with torch.no_grad():
+            flows = self.model.forward(inputs, ctx)
+        committed = []
+        for i, (item, flow) in enumerate(zip(batch, flows, strict=True)):
+            if item.kind == DENOISE:
+                self._denoised(item, flow)
+            else:
+                self._write_pages(item, ctx, i)
+                if item.kind == COMMIT:
+                    self._emit(item)
+                    committed.append(item.stream_id)
+        return [item.stream_id for item in batch], committed
+
+    def _prepare(self, item: BatchItem) -> tuple[ChunkInput, Entry]:
+        st, mc = self.streams[item.stream_id], self.mc
+        start = item.chunk * mc.frames_per_chunk
+        if item.kind == DENOISE:
+            if item.step == 0 or st.x is None:
+                st.x = sampler.start(st.noise, self.device, self._dtype())
+            latents, t = st.x, mc.timesteps[item.step]
+            frames = list(range(start, start + mc.frames_per_chunk))
+        elif item.kind == COMMIT:
+            latents, t = st.x0, 0.0
+            frames = list(range(start, start + mc.frames_per_chunk))
+        else:
+            frames = self._recompute_frames(st, len(item.new_pages))
+            latents = torch.stack([st.committed[f] for f in frames], 1).to(self.device)
+            t = 0.0
+        assert latents is not None
+        q_pos = self._positions(frames)
+        hist = self.pool.read_plan(item.pages)
+        hist_pos = self._positions([st.page_frame[p] for p in item.pages])
+        capture = item.kind != DENOISE
+        if capture:  # the pages this pass writes map to these frames
+            st.page_frame.update(zip(item.new_pages, frames, strict=True))
+        return ChunkInput(latents, t, st.text, start), Entry(hist, hist_pos, q_pos, capture)
+
+    def _recompute_frames(self, st: StreamState, n: int) -> list[int]:
+        """Frames a recompute rebuilds: the sink, then the most recent frames (the window)."""
+        total = len(st.committed)
+        sink = min(self.scheduler.config.sink_pages, n, total)
+        return list(range(sink)) + list(range(total - (n - sink), total))
+
+    def _positions(self, frames: list[int]) -> torch.Tensor:
+        tpf = self.mc.tokens_per_frame
+        if not frames:
+            return torch.zeros(0, dtype=torch.int64, device=self.device)
+        f = torch.tensor(frames, dtype=torch.int64, device=self.device)
+        return (f[:, None] * tpf + torch.arange(tpf, device=self.device)).reshape(-1)
+
+    def _denoised(self, item: BatchItem, flow: torch.Tensor) -> None:
+        st, steps = self.streams[item.stream_id], self.mc.timesteps
+        t_next = steps[item.step + 1] if item.step + 1 < len(steps) else None
+        assert st.x is not None
+        st.x, st.x0 = sampler.step(st.x, flow, steps[item.step], t_next, SHIFT, st.noise)
+
+    def _write_pages(self, item: BatchItem, ctx: PagedContext, index: int) -> None:
+        k, v = ctx.kv_of(index, self.mc.layers)
+        self.pool.write_pages(item.new_pages, k, v)
+
+    def _emit(self, item: BatchItem) -> None:
+        st = self.streams[item.stream_id]
+        assert st.x0 is not None
+        clean = st.x0.float().cpu()
+        st.committed.extend(clean.unbind(1))
+        frames = self._decode(clean)
+        st.out.append(Chunk(item.chunk, frames, clean))
+        st.chunks_done += 1
+        st.x = st.x0 = None
+
+    def _decode(self, latents: torch.Tensor) -> torch.Tensor:
+        if self.decoder is None:
+            from .models.hooks import LatentPreview
+
+            self.decoder = LatentPreview(self.mc)
+        return self.decoder.decode(latents)
+
+    def _collect_ended(self, batch) -> tuple[tuple[int, str], ...]:
+        ended = []
+        for sid, st in self.streams.items():
+            if st.ended is None:
+                rec = self.scheduler.get(sid)
+                if rec is not None and not hasattr(rec, "segments"):  # an EndedStream
+                    st.ended = rec.reason
+                    ended.append((sid, rec.reason))
+        return tuple(ended)
+
+    def status(self, stream_id: int):
+        """The scheduler's record (live Stream or EndedStream) of a stream, or None."""
+        return self.scheduler.get(stream_id)
+
+    def busy(self) -> bool:
+        """Whether any stream is waiting, running or preempted."""
+        return any(st.ended is None for st in self.streams.values())
+
+    def run_until_idle(self, max_steps: int = 100_000) -> int:
+        """Step until every stream ended; returns steps taken."""
+        for n in range(1, max_steps + 1):
+            self.step()
+            if not self.busy():
+                return n
+        raise RuntimeError(f"streams still running after {max_steps} steps")

@@ -1,0 +1,57 @@
+"""Engine configuration: which model, where the KV arena lives and how big it is.
+
+A frozen dataclass, so it can be built and checked without pydantic; the serving layer's one
+pydantic model (`qvg_serve.config`) builds it together with the scheduler's `SchedulerConfig`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+FORMATS = ("bf16", "qvg-int4", "qvg-int2")
+
+
+@dataclass(frozen=True, slots=True)
+class EngineConfig:
+    """Engine settings; every default fits the built-in tiny model on a laptop CPU."""
+
+    model: str = "tiny"
+    """Model preset (`qvg_serve.models.presets`): "tiny" or "self-forcing-1.3b"."""
+    weights: str | None = None
+    """Checkpoint (safetensors or Self-Forcing .pt); None = shipped weights, else random."""
+    device: str = "auto"
+    """"auto" = cuda when available, else cpu; or an explicit torch device string."""
+    dtype: str = "auto"
+    """Compute dtype: "auto" = bfloat16 on CUDA, float32 on CPU; or "bfloat16" / "float32"."""
+    kv_cache_memory_bytes: int | None = 256 << 20
+    """KV arena bytes; None = `gpu_memory_fraction` of the memory free after the model loads."""
+    gpu_memory_fraction: float = 0.9
+    """Share of free GPU memory for the KV arena when kv_cache_memory_bytes is None."""
+    cpu_offload_bytes: int = 0
+    """Pinned-CPU tier for offloaded pages (ladder rung 3); 0 = no offload tier."""
+    formats: tuple[str, ...] = FORMATS
+    """Page formats the pool holds; the scheduler's early/deep formats must be among them."""
+    centroids: int | None = None
+    """k-means centroids per span of the QVG formats; None = the presets' 256. Small models
+    with few tokens per span want fewer (a codebook costs C x head_dim x 2 bytes per head)."""
+    max_batch_kv_tokens: int | None = None
+    """Per-layer attention workspace (tokens); None = enough for max_batch_streams streams of
+    max history (derived from the arena size)."""
+    seed: int = 0
+    """Seed of random weights (benchmarks) and the default stream seed base."""
+
+    def __post_init__(self) -> None:
+        if self.kv_cache_memory_bytes is not None and self.kv_cache_memory_bytes <= 0:
+            raise ValueError(
+                "kv_cache_memory_bytes must be > 0 (or None: a fraction of free GPU memory)"
+            )
+        if not 0.0 < self.gpu_memory_fraction <= 1.0:
+            raise ValueError(f"gpu_memory_fraction = {self.gpu_memory_fraction}; use (0, 1]")
+        if self.cpu_offload_bytes < 0:
+            raise ValueError(f"cpu_offload_bytes = {self.cpu_offload_bytes}; use >= 0")
+        if "bf16" not in self.formats:
+            raise ValueError("formats must include 'bf16' (committed pages are written bf16)")
+        if self.centroids is not None and not 1 <= self.centroids <= 256:
+            raise ValueError(f"centroids = {self.centroids}; use 1..256 (one-byte cluster ids)")
+        if self.dtype not in ("auto", "bfloat16", "float32"):
+            raise ValueError(f"dtype = {self.dtype!r}; use 'auto', 'bfloat16' or 'float32'")

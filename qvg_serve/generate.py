@@ -1,0 +1,92 @@
+"""`qvg-serve generate`: the offline path (no Ray). All prompts go into one engine and are
+batched together; one MP4 per prompt is written into --out, with progress on stderr."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from scheduler.config import SchedulerConfig
+
+from .engine import Engine
+from .engine_config import EngineConfig
+from .runtime import load_runtime
+from .video import write_mp4
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--prompt", action="append", required=True, help="repeat for more videos")
+    p.add_argument("--frames", type=int, default=48, help="video frames per prompt (>= 1)")
+    p.add_argument("--out", type=Path, required=True, help="folder for the MP4s")
+    p.add_argument("--model", default=EngineConfig().model)
+    p.add_argument("--weights", default=None, help="checkpoint (default: shipped or random)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--seed", type=int, default=0, help="seed of the first prompt (+1 each)")
+    p.add_argument("--fps", type=float, default=16.0)
+    p.add_argument("--kv-cache-mib", type=int, default=256, help="KV arena size")
+    p.add_argument("--quiet", action="store_true")
+
+
+def chunks_for(frames: int, frames_per_chunk: int, frames_per_latent: int = 4) -> int:
+    """Chunks needed for `frames` video frames (each latent frame decodes to 4 frames)."""
+    if frames < 1:
+        raise ValueError(f"--frames {frames}: must be >= 1")
+    return math.ceil(frames / (frames_per_chunk * frames_per_latent))
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = EngineConfig(
+        model=args.model,
+        weights=args.weights,
+        device=args.device,
+        kv_cache_memory_bytes=args.kv_cache_mib << 20,
+    )
+    try:
+        rt = load_runtime(cfg, warn=lambda *a, **k: None if args.quiet else print(*a, **k))
+        texts = rt.text_encoder.encode(args.prompt)
+        n_chunks = chunks_for(
+            args.frames, rt.model.config.frames_per_chunk, rt.model.config.frames_per_latent
+        )
+    except ValueError as exc:
+        print(f"qvg-serve generate: {exc}", file=sys.stderr)
+        return 2
+    mc = rt.model.config
+    sched = SchedulerConfig(
+        max_batch_streams=max(4, len(args.prompt)),
+        max_batch_tokens=max(4, len(args.prompt)) * mc.chunk_tokens,
+    )
+    engine = Engine(rt.model, cfg, sched, device=rt.device)
+    ids = []
+    for i, text in enumerate(texts):
+        sid, adm = engine.submit(text, chunks=n_chunks, seed=args.seed + i)
+        if not adm.accepted:
+            print(f"qvg-serve generate: prompt {i} refused ({adm.reason})", file=sys.stderr)
+            return 1
+        ids.append(sid)
+    frames = {sid: [] for sid in ids}
+    total, t0 = n_chunks * len(ids), time.time()
+    while engine.busy():
+        engine.step()
+        for sid in ids:
+            frames[sid].extend(c.frames for c in engine.take(sid))
+        if not args.quiet:
+            _progress(sum(len(f) for f in frames.values()), total, t0)
+    args.out.mkdir(parents=True, exist_ok=True)
+    for i, sid in enumerate(ids):
+        video = torch.cat(frames[sid])[: args.frames]
+        path = write_mp4(video, args.out / f"video_{i:02d}.mp4", args.fps)
+        print(f"{path}  ({video.shape[0]} frames, {args.prompt[i]!r})")
+    return 0
+
+
+def _progress(done: int, total: int, t0: float) -> None:
+    width = 30
+    filled = width * done // max(total, 1)
+    bar = "#" * filled + "." * (width - filled)
+    end = "\n" if done >= total else ""
+    print(f"\r[{bar}] {done}/{total} chunks  {time.time() - t0:6.1f}s", end=end, file=sys.stderr)

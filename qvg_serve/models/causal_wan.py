@@ -1,0 +1,176 @@
+"""CausalWan: the chunk-causal Wan2.1 text-to-video DiT that Self-Forcing and CausVid sample.
+
+One forward runs a batch of chunks from different streams, each at its own timestep and with
+its own text, as one flat token matrix:
+
+    chunks ─patchify─> x [N = sum of chunk tokens, dim]  (fp32 residual stream)
+    t_b ─sinusoid─> time_embedding ─> e [B, dim] ─time_projection─> e0 [B, 6, dim]
+    text_b ─pad─> text_embedding ─> context [B, text_len, dim]
+    per block: x += gate * self_attn(ctx)   (each chunk's rows use their own e0[b])
+               x += cross_attn(x_b -> context[b])
+               x += gate * ffn
+    head(x, e) ─unpatchify─> flow prediction [C, F, H, W] per chunk (fp32)
+
+Self-attention is the only place chunks meet their history: the model hands q, k, v (k after
+norm_k, before RoPE) to the `AttentionContext`, which owns the cache and applies `rope`.
+Parameter names are Wan2.1's, so `diffusion_pytorch_model.safetensors` and Self-Forcing
+checkpoints load through `models.loader` without renaming.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..model import AttentionContext, ChunkInput, ModelConfig
+from .wan_blocks import (
+    Segments,
+    WanBlock,
+    WanHead,
+    WanRope,
+    linear32,
+    patchify,
+    sinusoidal_embedding,
+    unpatchify,
+)
+
+
+class CausalWan(nn.Module):
+    """Wan2.1 T2V backbone behind the `VideoModel` protocol (see `qvg_serve.model`)."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        if config.patch[0] != 1:
+            # Stream positions count latent frames as token frames (model.chunk_positions).
+            raise ValueError(f"patch {config.patch}: CausalWan needs a temporal patch of 1")
+        c = self.config = config
+        self.patch_embedding = nn.Conv3d(c.in_channels, c.dim, c.patch, stride=c.patch)
+        self.text_embedding = nn.Sequential(
+            nn.Linear(c.text_dim, c.dim), nn.GELU(approximate="tanh"), nn.Linear(c.dim, c.dim)
+        )
+        self.time_embedding = nn.Sequential(
+            nn.Linear(c.freq_dim, c.dim), nn.SiLU(), nn.Linear(c.dim, c.dim)
+        )
+        self.time_projection = nn.Sequential(nn.SiLU(), nn.Linear(c.dim, 6 * c.dim))
+        self.blocks = nn.ModuleList(
+            WanBlock(c.dim, c.heads, c.ffn_dim, c.eps) for _ in range(c.layers)
+        )
+        self.head = WanHead(c.dim, c.in_channels, c.patch, c.eps)
+        self.rotary = WanRope(c.head_dim, c.grid)  # buffers only, not in the state dict
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.patch_embedding.weight.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.patch_embedding.weight.device
+
+    def rope(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """Rotate x [tokens, H, D] at stream positions [tokens] (3D RoPE, see `WanRope`)."""
+        return self.rotary(x, positions)
+
+    def forward(self, chunks: Sequence[ChunkInput], ctx: AttentionContext) -> list[torch.Tensor]:
+        """Flow prediction [C, F, H, W] (fp32) per chunk, in batch order."""
+        if not chunks:
+            return []
+        grids = [self._grid(chunk.latents) for chunk in chunks]
+        segs = Segments([math.prod(g) for g in grids], self.device)
+        x = self._embed_latents(chunks)
+        t = torch.tensor([float(chunk.timestep) for chunk in chunks], device=self.device)
+        e = self._embed_time(t)
+        e0 = linear32(self.time_projection[1], F.silu(e)).unflatten(1, (6, self.config.dim))
+        context = self._embed_text(chunks)
+        for layer, block in enumerate(self.blocks):
+            x = block(x, e0, segs, context, ctx, layer)
+        out = self.head(x, e, segs)
+        patch = self.config.patch
+        return [
+            unpatchify(o, g, patch) for o, g in zip(out.split(segs.lengths), grids, strict=True)
+        ]
+
+    def _grid(self, latents: torch.Tensor) -> tuple[int, int, int]:
+        """Token grid (frames, rows, cols) of a chunk; its latent shape must fit the config
+        (RoPE maps stream positions through the config's grid)."""
+        c = self.config
+        want = (c.in_channels, c.latent_height, c.latent_width)
+        if latents.dim() != 4 or (latents.shape[0], *latents.shape[2:]) != want:
+            raise ValueError(
+                f"chunk latents {tuple(latents.shape)}: expected [C={want[0]}, F, "
+                f"H={want[1]}, W={want[2]}] for model {c.name!r}"
+            )
+        return (latents.shape[1], *c.grid)
+
+    def _embed_latents(self, chunks: Sequence[ChunkInput]) -> torch.Tensor:
+        """Conv3d patch embedding as one matmul over all chunks -> [N, dim] fp32."""
+        patches = [
+            patchify(ch.latents.to(self.device, self.dtype), self.config.patch) for ch in chunks
+        ]
+        w = self.patch_embedding.weight.flatten(1)
+        return F.linear(torch.cat(patches), w, self.patch_embedding.bias).float()
+
+    def _embed_time(self, t: torch.Tensor) -> torch.Tensor:
+        """Timesteps [B] -> e [B, dim] fp32 (Wan runs this under fp32 autocast)."""
+        h = sinusoidal_embedding(self.config.freq_dim, t)
+        h = F.silu(linear32(self.time_embedding[0], h))
+        return linear32(self.time_embedding[2], h)
+
+    def _embed_text(self, chunks: Sequence[ChunkInput]) -> torch.Tensor:
+        """Text [L <= text_len, text_dim] per chunk, zero-padded to text_len as Wan does
+        -> context [B, text_len, dim] in the module dtype."""
+        c = self.config
+        padded = torch.zeros(
+            len(chunks), c.text_len, c.text_dim, device=self.device, dtype=self.dtype
+        )
+        for b, chunk in enumerate(chunks):
+            text = chunk.text
+            if text.dim() != 2 or text.shape[0] > c.text_len or text.shape[1] != c.text_dim:
+                raise ValueError(
+                    f"chunk {b} text {tuple(text.shape)}: expected [<= {c.text_len}, {c.text_dim}]"
+                )
+            padded[b, : text.shape[0]] = text.to(self.device, self.dtype)
+        return self.text_embedding(padded)
+
+
+def init_weights(model: CausalWan, seed: int) -> None:
+    """Deterministic random weights for `seed` (per device type): xavier-uniform matrices
+    (Conv3d as its flattened matrix), N(0, 0.02) biases, modulations N(0, 1/dim) as in Wan,
+    norm weights 1 + N(0, 0.1). Unlike Wan's training init the head is not zeroed, so a
+    randomly initialised model gives non-trivial outputs for tests and benchmarks."""
+    gen = torch.Generator(device=model.device).manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("modulation"):
+                p.normal_(0.0, p.shape[-1] ** -0.5, generator=gen)
+            elif p.dim() >= 2:
+                fan_out, fan_in = p.shape[0], p[0].numel()
+                bound = math.sqrt(6.0 / (fan_in + fan_out))
+                p.uniform_(-bound, bound, generator=gen)
+            elif name.endswith("bias"):
+                p.normal_(0.0, 0.02, generator=gen)
+            else:
+                p.normal_(1.0, 0.1, generator=gen)
+
+
+def build_model(
+    config: ModelConfig,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    seed: int = 0,
+) -> CausalWan:
+    """A CausalWan with random weights (deterministic for `seed` on a device type), in eval
+    mode. device="meta" allocates nothing (shapes and parameter counts only)."""
+    device = torch.device(device)
+    with torch.device(device):
+        model = CausalWan(config)
+    if device.type != "meta":
+        init_weights(model, seed)
+    return model.to(dtype=dtype).eval()
+
+
+def num_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

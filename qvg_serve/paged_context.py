@@ -1,0 +1,56 @@
+"""`AttentionContext` over the paged pool: what the engine hands the model for one step.
+
+Each batch entry reads its stream's history pages (resolved once per step into a ReadPlan)
+and, on a commit or recompute pass, captures its chunk's pre-RoPE K/V of every layer so the
+engine can write them into the new BF16 pages after the forward.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import torch
+
+from .kv_pool import KVPool, ReadPlan
+from .paged_attention import Rope, StreamChunk, Workspace, batch_attention
+
+
+class Entry(NamedTuple):
+    """One batch entry's view of the cache."""
+
+    history: ReadPlan
+    history_pos: torch.Tensor  # int64 [history tokens] token positions in the stream
+    q_pos: torch.Tensor  # int64 [chunk tokens]
+    capture: bool  # keep this chunk's K/V (commit / recompute)
+
+
+class PagedContext:
+    """Self-attention of a batch over the pool, layer by layer."""
+
+    def __init__(self, pool: KVPool, ws: Workspace, rope: Rope, entries: Sequence[Entry]):
+        self.pool, self.ws, self.rope, self.entries = pool, ws, rope, list(entries)
+        self.lengths = [e.q_pos.numel() for e in self.entries]
+        self.captured: list[dict[int, tuple[torch.Tensor, torch.Tensor]]] = [
+            {} for _ in self.entries
+        ]
+
+    def self_attention(
+        self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
+    ) -> torch.Tensor:
+        qs, ks, vs = (x.split(self.lengths) for x in (q, k, v))
+        chunks = []
+        for i, e in enumerate(self.entries):
+            if e.capture:
+                self.captured[i][layer] = (ks[i], vs[i])
+            chunks.append(StreamChunk(qs[i], ks[i], vs[i], e.history, e.history_pos, e.q_pos))
+        return batch_attention(self.pool, layer, chunks, self.ws, self.rope)
+
+    def kv_of(self, index: int, layers: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Captured K, V of entry `index`: [layers, H, tokens, D] each (pre-RoPE)."""
+        got = self.captured[index]
+        if len(got) != layers:
+            raise RuntimeError(f"entry {index} captured {len(got)} of {layers} layers")
+        k = torch.stack([got[layer][0].transpose(0, 1) for layer in range(layers)])
+        v = torch.stack([got[layer][1].transpose(0, 1) for layer in range(layers)])
+        return k, v

@@ -1,0 +1,55 @@
+"""Few-step flow-matching sampler (Self-Forcing / CausVid style), one stream at a time.
+
+Noise level sigma(t) = shift * s / (1 + (shift - 1) * s) with s = t / 1000 (the shifted
+schedule of Wan's flow matching). A model predicts the flow v = noise - x0 at x_t =
+(1 - sigma) x0 + sigma noise; each step takes the clean estimate x0 = x_t - sigma v and
+re-noises it with fresh noise to the next timestep. After the last step the clean estimate is
+the chunk: the commit pass runs the model on it at t = 0 to write its K/V.
+
+Noise comes from each stream's own seeded generator (CPU, then moved), drawn in a fixed order
+(chunk by chunk, step by step), so a stream's video does not depend on what it is batched with.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def sigma(t: float, shift: float) -> float:
+    """Noise level of timestep t in [0, 1000]."""
+    s = t / 1000.0
+    return shift * s / (1.0 + (shift - 1.0) * s)
+
+
+class StreamNoise:
+    """A stream's reproducible noise source."""
+
+    def __init__(self, seed: int, shape: tuple[int, ...]) -> None:
+        self.gen = torch.Generator().manual_seed(seed)
+        self.shape = shape
+
+    def draw(self, device, dtype) -> torch.Tensor:
+        return torch.randn(self.shape, generator=self.gen).to(device=device, dtype=dtype)
+
+
+def start(noise: StreamNoise, device, dtype) -> torch.Tensor:
+    """x at the first timestep: pure noise (the sampler's first sigma is 1 at t = 1000)."""
+    return noise.draw(device, dtype)
+
+
+def step(
+    x_t: torch.Tensor,
+    flow: torch.Tensor,
+    t: float,
+    t_next: float | None,
+    shift: float,
+    noise: StreamNoise,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x at t_next, clean estimate x0). With t_next None the chunk is done: x = x0."""
+    s = sigma(t, shift)
+    x0 = (x_t.float() - s * flow.float()).to(x_t.dtype)
+    if t_next is None:
+        return x0, x0
+    s_next = sigma(t_next, shift)
+    eps = noise.draw(x_t.device, torch.float32)
+    return ((1.0 - s_next) * x0.float() + s_next * eps).to(x_t.dtype), x0
