@@ -27,13 +27,23 @@ import triton.language as tl
 from .spec import QuantSpec
 
 # defaults (H100 sweep: tools/decode_sweep.py)
+# H100 qvg-int2 [1, 12, 37440, 128] bf16 (tools/decode_sweep.py rot): fwht bs32 w2 waves16
+# 76.7 us = 60.0% of copy; dot_i8 bs32 w4 waves8 77.6 us; dot (old default) 79.1 us; no rotation
+# at all 59.9 us. Smaller/larger tiles or other warp counts were slower for every method.
 BLOCK_S = 32
-NUM_WARPS = 4
+NUM_WARPS = 2
 JOIN = True
 NUM_STAGES = 3
-WAVES = 8
+WAVES = 16
 MAXNREG = None  # register cap per thread (occupancy), None: compiler's choice
 EVICT = False  # True: stores evict-first, centroid rows evict-last (H100: no gain, 78.6 vs 79.1 us)
+# un-rotation: "dot" fp16 [BM, G] x [G, G] tensor-core dot of the +-1 matrix; "dot_i8" the same as
+# an int8 dot of 2*(q - m) (exact int32 accumulation, half the operand registers; bits <= 4 and
+# G >= 32, else "dot"); "fwht" log2(G) register butterfly stages (constant geometry: split the
+# even/odd pair, join sum/difference, move the pair bit to the top); "fwht_sum" butterflies as
+# a sum over the pair axis and a select, no permute. All exact: integer-valued fp32 / int32.
+ROT = "fwht"  # small-shape w4: g16 7.9 us (dot 8.8); int4 9.6 (fwht_sum 6.8, dot 48.5)
+_ROT_IDS = {"dot": 0, "dot_i8": 1, "fwht": 2, "fwht_sum": 3}
 
 
 @triton.jit
@@ -61,6 +71,24 @@ def _unpack(
     offs_c = tl.arange(0, G)  # one (L1-cached) byte load per code: no register shuffles
     b = tl.load(base[:, None] + offs_c[None, :] // K, mask=ok[:, None], other=0).to(tl.int32)
     return (b >> ((offs_c % K) * BITS)[None, :]) & MASK
+
+
+@triton.jit
+def _fwht(x, BM: tl.constexpr, G: tl.constexpr, LOG_G: tl.constexpr, MODE: tl.constexpr):
+    """Unnormalized +-1 Sylvester transform of each row of x [BM, G] (fp32, exact on integers)."""
+    if MODE == 2:  # constant geometry: y[i] = x[2i] + x[2i+1], y[G/2 + i] = x[2i] - x[2i+1]
+        for _ in tl.static_range(LOG_G):
+            a, b = tl.split(tl.reshape(x, (BM, G // 2, 2)))
+            x = tl.reshape(tl.permute(tl.join(a + b, a - b), (0, 2, 1)), (BM, G))
+    else:  # stage j: pairs at stride 2^j, [BM, A, 2, B] with B = 2^j
+        sgn = 1.0 - 2.0 * tl.arange(0, 2).to(tl.float32)
+        for j in tl.static_range(LOG_G):
+            x4 = tl.reshape(x, (BM, G // (2 << j), 2, 1 << j))
+            sm = tl.sum(x4, axis=2)
+            df = tl.sum(x4 * sgn[None, None, :, None], axis=2)
+            top = (tl.arange(0, 2) == 0)[None, None, :, None]
+            x = tl.reshape(tl.where(top, sm[:, :, None, :], df[:, :, None, :]), (BM, G))
+    return x
 
 
 @triton.jit
@@ -92,6 +120,8 @@ def _decode_kernel(
     JOIN: tl.constexpr,
     BM: tl.constexpr,
     EVICT: tl.constexpr,
+    ROT: tl.constexpr,
+    LOG_G: tl.constexpr,
 ):
     """Tiles of BM token-groups (flat index n = (row*S + token)*NG + g over all rows): codes,
     scales and (contiguous) outputs of a tile are contiguous, and one [BM, G] x [G, G] dot
@@ -100,12 +130,15 @@ def _decode_kernel(
     NG: tl.constexpr = D // G
     offs_c = tl.arange(0, G)
     offs_m = tl.arange(0, BM)
-    if ROTATE:  # +-1 Sylvester matrix from the parity of popcount(i & j): no load
+    if ROTATE and ROT <= 1:  # +-1 Sylvester matrix from the parity of popcount(i & j): no load
         p = offs_c[:, None] & offs_c[None, :]
         p ^= p >> 4
         p ^= p >> 2
         p ^= p >> 1
-        h = (1 - 2 * (p & 1)).to(tl.float32 if DOT_FP32 else tl.float16)
+        if ROT == 1:
+            h = (1 - 2 * (p & 1)).to(tl.int8)
+        else:
+            h = (1 - 2 * (p & 1)).to(tl.float32 if DOT_FP32 else tl.float16)
     for tile in range(tl.program_id(0), n_tiles, tl.num_programs(0)):
         n = tile * BM + offs_m
         ok = n < N
@@ -113,12 +146,21 @@ def _decode_kernel(
         g = n % NG
         row = tg // S
         tok = tg - row * S
-        q = _unpack(codes_ptr, n, ok, G, BITS, JOIN).to(tl.float32)
+        qi = _unpack(codes_ptr, n, ok, G, BITS, JOIN)
         s = tl.load(scales_ptr + n, mask=ok, other=0.0).to(tl.float32)
         if HAS_SOS:
             s = s * tl.load(sos_ptr + row, mask=ok, other=1.0)
+        if ROTATE and ROT == 1:  # 2 * (q - m): odd integers, |.| <= 15 (bits <= 4)
+            lv2 = (2 * qi - (LEVELS - 1)) if SYM else qi
+            acc = tl.dot(lv2.to(tl.int8), h, out_dtype=tl.int32).to(tl.float32)
+            y = acc * (s * ((0.5 if SYM else 1.0) / tl.sqrt(G * 1.0)))[:, None]
+        q = qi.to(tl.float32)
         lv = q - (LEVELS - 1) / 2 if SYM else q
-        if ROTATE:
+        if ROTATE and ROT >= 2:
+            y = _fwht(lv, BM, G, LOG_G, ROT) * (s * (1.0 / tl.sqrt(G * 1.0)))[:, None]
+        elif ROTATE and ROT == 1:
+            pass
+        elif ROTATE:
             if DOT_FP32:
                 acc = tl.dot(lv, h, input_precision="ieee")
             else:
@@ -180,6 +222,7 @@ def decode(
     waves: int = WAVES,
     evict: bool = EVICT,
     maxnreg: int | None = MAXNREG,
+    rot: str = ROT,
 ) -> torch.Tensor:
     """Fused QVG decode of one span (or any group-quantized tensor when centroids is None).
 
@@ -191,6 +234,7 @@ def decode(
     [B, H, S, D] view with unit stride on D (a slice of a paged workspace): it is written in
     place. Bytes: reads B*H*S*(D*bits/8 + (D/G)*scale.itemsize*(1 or 2) + T*id.itemsize) plus
     the centroid rows gathered from L2, writes B*H*S*D*out.itemsize.
+    rot: un-rotation method (see ROT), exact in all cases.
     Tuning: a tile is block_s tokens (block_s * D/G token-groups); waves > 0 runs a persistent
     grid of waves * SM-count programs (0: one program per tile).
     """
@@ -208,10 +252,15 @@ def decode(
         raise ValueError("decode: more than 2**31 token-groups in one call")
     t = 0 if centroids is None else centroids.shape[0]
     c = 1 if centroids is None else centroids.shape[-2]
-    cen = codes if t == 0 else centroids.contiguous()
-    idt = codes if t == 0 else ids.contiguous()
+    if t and ids is None:
+        raise ValueError("decode: centroids given without ids")
+    cen = codes if centroids is None else centroids.contiguous()
+    idt = codes if ids is None or centroids is None else ids.contiguous()
     interp = codes.device.type == "cpu"  # CPU tensors only run under TRITON_INTERPRET=1
     bm = block_s * ng
+    rot_id = _ROT_IDS[rot]
+    if rot_id == 1 and (spec.bits > 4 or g < 32):
+        rot_id = 0  # int8 operands: 2q - (2^bits - 1) must fit, and K >= 32
     n_tiles = triton.cdiv(n, bm)
     grid = n_tiles
     if waves > 0 and not interp:
@@ -244,6 +293,8 @@ def decode(
         JOIN=join,
         BM=bm,
         EVICT=evict,
+        ROT=rot_id,
+        LOG_G=g.bit_length() - 1,
         num_warps=num_warps,
         num_stages=num_stages,
         **({} if maxnreg is None or interp else {"maxnreg": maxnreg}),

@@ -1,6 +1,6 @@
 """H100 tuning sweep for the fused QVG decode and an encode per-phase profile (not a test).
 
-    python tools/decode_sweep.py [decode] [encode]     # prints tables
+    python tools/decode_sweep.py [decode] [encode] [rot] [probe]    # prints tables
 
 decode: qvg-int2 [1, 12, 37440, 128] bf16 out, (block_s, warps, join) then (waves, stages) for
 the best three; GB/s = (stored bytes + bf16 out bytes) / time, % of a bf16 clone().
@@ -10,6 +10,7 @@ tol check, final assign, quantize) and an assign (precision, block) sweep with i
 
 from __future__ import annotations
 
+import functools
 import sys
 import time
 from pathlib import Path
@@ -91,6 +92,92 @@ def sweep_decode(x: torch.Tensor) -> None:
     print("best", k, res[k], f"{100 * moved / res[k][0] / 1e3 / copy:.1f}% of copy")
     us = bench_ms(lambda: decode_triton.decode(*args)) * 1e3
     print(f"default {us:.1f} us {moved / us / 1e3:.0f} GB/s {100 * moved / us / 1e3 / copy:.1f}%")
+
+
+def sweep_rot(x: torch.Tensor) -> None:
+    """Un-rotation methods (decode_triton.ROT) x launch shapes, plus the no-rotate floor."""
+    import dataclasses
+
+    clone_ms = bench_ms(lambda: x.clone())
+    copy = 4 * x.numel() / clone_ms / 1e6
+    print(f"clone {clone_ms * 1e3:.1f} us = {copy:.0f} GB/s", flush=True)
+    enc = qvg_ref.encode(x, get_spec("qvg-int2").with_kmeans(iters=1))
+    want = qvg_ref.decode(enc, torch.float32)
+    moved = enc.nbytes + x.numel() * 2
+    t = enc.tensors
+    base = (t["codes"], t["scales"], None, t["scale_of_scales"])
+    cen, ids, qs = t["centroids.0"][None], t["ids.0"][None], enc.spec.quant
+    shapes = [(32, 4, 8, 3), (16, 2, 16, 3), (32, 2, 16, 3), (8, 1, 32, 3), (64, 8, 8, 3)]
+    res = {}
+    for rot in ("dot", "dot_i8", "fwht", "fwht_sum"):
+        for bs, nw, waves, st in shapes:
+            kw = dict(rot=rot, block_s=bs, num_warps=nw, waves=waves, num_stages=st)
+
+            def run(kw=kw):
+                return decode_triton.decode(*base, cen, ids, qs, **kw)
+
+            try:
+                err = float((run().float() - want).abs().max())
+                us = bench_ms(run) * 1e3
+            except Exception as e:
+                print(f"  {kw} failed: {type(e).__name__}: {str(e)[:300]}", flush=True)
+                continue
+            gbs = moved / us / 1e3
+            res[(rot, bs, nw, waves, st)] = us
+            print(
+                f"rot {rot:8s} bs={bs:3d} w={nw} waves={waves:2d} st={st} {us:7.1f} us "
+                f"{gbs:6.0f} GB/s {100 * gbs / copy:5.1f}% of copy  max|err| {err:.2e}",
+                flush=True,
+            )
+    if res:
+        k = min(res, key=res.get)
+        print("best", k, f"{res[k]:.1f} us {100 * moved / res[k] / 1e3 / copy:.1f}% of copy")
+    for name, args in {
+        "no-rotate": (*base, cen, ids, dataclasses.replace(qs, rotate=False)),
+        "default": (*base, cen, ids, qs),
+    }.items():
+        us = bench_ms(lambda a=args: decode_triton.decode(*a)) * 1e3
+        gbs = moved / us / 1e3
+        print(f"diag {name:10s} {us:7.1f} us {gbs:6.0f} GB/s {100 * gbs / copy:5.1f}%", flush=True)
+    for name in ("qvg-pro-int2", "qvg-int4"):  # group 16 / 4 bits: every method still right
+        e2 = qvg_ref.encode(x[:, :2, :4096], get_spec(name).with_kmeans(iters=1))
+        w2 = qvg_ref.decode(e2, torch.float32)
+        t2 = e2.tensors
+        ks = e2.spec.kmeans
+        c2 = torch.stack([t2[f"centroids.{i}"] for i in range(ks.stages)])
+        i2 = torch.stack([t2[f"ids.{i}"] for i in range(ks.stages)])
+        for rot in ("dot", "dot_i8", "fwht", "fwht_sum"):
+            got = decode_triton.decode(
+                t2["codes"],
+                t2["scales"],
+                None,
+                t2.get("scale_of_scales"),
+                c2,
+                i2,
+                e2.spec.quant,
+                rot=rot,
+            )
+            us = (
+                bench_ms(
+                    functools.partial(
+                        decode_triton.decode,
+                        t2["codes"],
+                        t2["scales"],
+                        None,
+                        t2.get("scale_of_scales"),
+                        c2,
+                        i2,
+                        e2.spec.quant,
+                        rot=rot,
+                    )
+                )
+                * 1e3
+            )
+            print(
+                f"{name} rot {rot:8s} max|err| {float((got.float() - w2).abs().max()):.2e} "
+                f"{us:6.1f} us (small shape)",
+                flush=True,
+            )
 
 
 class Timer:
@@ -206,6 +293,8 @@ def main() -> None:
     print(torch.cuda.get_device_name(), flush=True)
     if "probe" in what:
         probe(x)
+    if "rot" in what:
+        sweep_rot(x)
     if "decode" in what:
         sweep_decode(x)
     if "encode" in what:

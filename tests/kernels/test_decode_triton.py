@@ -41,25 +41,30 @@ def _decode(enc, **kw):
     )
 
 
+ROTS = ["dot", "dot_i8", "fwht", "fwht_sum"]
+
+
 @pytest.mark.parametrize("name", ["qvg-int2", "qvg-int4", "qvg-pro-int2", "qvg-int2-plain"])
 @pytest.mark.parametrize("join", [False, True])
-def test_decode_matches_reference(name, join):
+@pytest.mark.parametrize("rot", ROTS)
+def test_decode_matches_reference(name, join, rot):
     enc = _encode_ref(name, _x())
     want = qvg_ref.decode(enc, torch.float32)
-    got = _decode(enc, out_dtype=torch.float32, join=join)
+    got = _decode(enc, out_dtype=torch.float32, join=join, rot=rot)
     if enc.spec.quant.rotate:  # exact +-1 dot then one multiply vs the reference's matmul
         torch.testing.assert_close(got, want, **tol("fp32"))
     else:  # identical fp32 operations in the same order
         assert torch.equal(got, want)
-    got16 = _decode(enc, join=join)
+    got16 = _decode(enc, join=join, rot=rot)
     assert got16.dtype == torch.bfloat16
     torch.testing.assert_close(got16.float(), want, **tol("bf16"))
 
 
 @pytest.mark.parametrize("s,d", [(1, 64), (100, 128), (5, 256)])
-def test_decode_odd_token_counts_and_head_dims(s, d):
+@pytest.mark.parametrize("rot", ROTS)
+def test_decode_odd_token_counts_and_head_dims(s, d, rot):
     enc = _encode_ref("qvg-int2", _x(s=s, d=d), centroids=16)  # 16 > s for s = 1, 5
-    got = _decode(enc, out_dtype=torch.float32, block_s=16)
+    got = _decode(enc, out_dtype=torch.float32, block_s=16, rot=rot)
     torch.testing.assert_close(got, qvg_ref.decode(enc, torch.float32), **tol("fp32"))
 
 
@@ -74,7 +79,8 @@ QSPECS = {
 
 @pytest.mark.parametrize("name", sorted(QSPECS))
 @pytest.mark.parametrize("join", [False, True])
-def test_decode_group_quant_without_stages(name, join):
+@pytest.mark.parametrize("rot", ROTS)
+def test_decode_group_quant_without_stages(name, join, rot):
     spec = QSPECS[name]
     x = _x().reshape(2, 37, 64)
     y = rotate_groups(x, spec.group_size) if spec.rotate else x
@@ -97,6 +103,7 @@ def test_decode_group_quant_without_stages(name, join):
         spec,
         out_dtype=torch.float32,
         join=join,
+        rot=rot,
     )
     torch.testing.assert_close(got, want.reshape(1, 2, 37, 64), **tol("fp32"))
 
@@ -121,9 +128,10 @@ def test_decode_rejects_bad_out():
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("join", [False, True])
-def test_decode_full_size_gpu(join):
+@pytest.mark.parametrize("rot", ROTS)
+def test_decode_full_size_gpu(join, rot):
     x = _x(1, 12, 37440, 128).cuda()
     enc = qvg_ref.encode(x, get_spec("qvg-int2").with_kmeans(iters=1))
     want = qvg_ref.decode(enc, torch.float32)
-    got = _decode(enc, join=join)
+    got = _decode(enc, join=join, rot=rot)
     torch.testing.assert_close(got.float(), want, **tol("bf16"))
