@@ -27,7 +27,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weights", default=None, help="checkpoint (default: shipped or random)")
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0, help="seed of the first prompt (+1 each)")
-    p.add_argument("--fps", type=float, default=16.0)
+    p.add_argument("--fps", type=float, default=None, help="default: 8 (tiny), 16 (Wan)")
     p.add_argument("--kv-cache-mib", type=int, default=256, help="KV arena size")
     p.add_argument("--quiet", action="store_true")
 
@@ -60,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
         max_batch_streams=max(4, len(args.prompt)),
         max_batch_tokens=max(4, len(args.prompt)) * mc.chunk_tokens,
     )
-    engine = Engine(rt.model, cfg, sched, device=rt.device)
+    engine = Engine(rt.model, cfg, sched, decoder=rt.decoder, device=rt.device)
     ids = []
     for i, text in enumerate(texts):
         sid, adm = engine.submit(text, chunks=n_chunks, seed=args.seed + i)
@@ -79,7 +79,8 @@ def run(args: argparse.Namespace) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     for i, sid in enumerate(ids):
         video = torch.cat(frames[sid])[: args.frames]
-        path = write_mp4(video, args.out / f"video_{i:02d}.mp4", args.fps)
+        fps = args.fps or (8.0 if mc.frames_per_latent == 1 else 16.0)
+        path = write_mp4(video, args.out / f"video_{i:02d}.mp4", fps)
         print(f"{path}  ({video.shape[0]} frames, {args.prompt[i]!r})")
     return 0
 

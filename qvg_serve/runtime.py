@@ -23,8 +23,21 @@ WEIGHTS_DIR = Path(__file__).parent / "weights"
 class Runtime(NamedTuple):
     model: CausalWan
     text_encoder: HashedWordEncoder
+    decoder: object  # a models.hooks.Decoder: latents [C, F, h, w] -> uint8 frames
     device: torch.device
     weights: str  # what was loaded: a path, or "random (seed N)"
+
+
+def default_decoder(mc):
+    """The tiny model's exact pixel autoencoder; for Wan latents (no VAE shipped) the
+    documented false-colour latent preview."""
+    if mc.name == "tiny":
+        from .models.pixel_ae import PixelAE
+
+        return PixelAE()
+    from .models.hooks import LatentPreview
+
+    return LatentPreview(mc)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -63,4 +76,5 @@ def load_runtime(cfg: EngineConfig, warn=print) -> Runtime:
         source = f"random (seed {cfg.seed})"
         warn(f"qvg-serve: no weights for model {mc.name!r}: using {source}", file=sys.stderr)
     model.eval().requires_grad_(False)
-    return Runtime(model, HashedWordEncoder(mc.text_len, mc.text_dim), device, source)
+    text = HashedWordEncoder(mc.text_len, mc.text_dim)
+    return Runtime(model, text, default_decoder(mc), device, source)

@@ -1,0 +1,292 @@
+"""Train the tiny preset: flow matching with teacher forcing (diffusion forcing over chunks).
+
+One training sample is a procedural clip of `chunks` chunks (3 frames each) and its caption.
+One forward runs, per sample, [clean chunks 0..K-2 | noisy chunks 0..K-1] through the same
+`CausalWan` code the engine runs, with the block-causal mask Self-Forcing / CausVid train
+with (tests/qvg_serve/test_causal_wan.py checks it equals chunk-by-chunk generation):
+
+    clean i (t = 0, the commit pass) sees clean <= i
+    noisy i (own t_i)                sees clean <  i  and itself
+
+Each noisy chunk draws its own timestep (half from the 4 inference timesteps, half uniform
+in [0, 1000]), noise level sigma(t) with shift 5 as `qvg_serve.sampler`; the loss is the MSE
+of the predicted flow against v = noise - x0. Clean context is lightly noised at random
+(still labelled t = 0) so the model tolerates its own imperfect chunks at inference.
+
+    python -m qvg_serve.tiny.train --minutes 14 --out out/tiny      # one H100
+    python -m qvg_serve.tiny.train --smoke --out /tmp/tiny           # CPU, a few steps
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from ..model import ChunkInput, chunk_positions
+from ..models import TINY, HashedWordEncoder, build_model
+from ..models.pixel_ae import SCALE, SHIFT, PixelAE
+from ..sampler import sigma
+from . import data
+
+SHIFT_T = 5.0
+"""Timestep shift (the engine's `SHIFT`)."""
+TRAIN_SEED_BASE = 10**9
+"""Training clips use seeds seed * TRAIN_SEED_BASE + k (k < 1e9); evaluation uses
+`EVAL_SEED_BASE` + i, which no training run reaches."""
+EVAL_SEED_BASE = 10**15
+
+
+class BlockCausalContext:
+    """Self-attention of B equal samples, each [clean 0..K-2 | noisy 0..K-1] chunks, under
+    one [L, L] block-causal mask (L tokens per sample)."""
+
+    def __init__(self, model, chunks: int) -> None:
+        cfg = model.config
+        n = cfg.chunk_tokens
+        clean = [chunk_positions(cfg, i * cfg.frames_per_chunk) for i in range(chunks - 1)]
+        noisy = [chunk_positions(cfg, i * cfg.frames_per_chunk) for i in range(chunks)]
+        self.positions = torch.cat(clean + noisy).to(model.device)
+        idx = torch.cat([torch.arange(chunks - 1), torch.arange(chunks)]).repeat_interleave(n)
+        is_noisy = torch.arange(2 * chunks - 1).repeat_interleave(n) >= chunks - 1
+        q, k = idx[:, None], idx[None, :]
+        sees_clean = ~is_noisy[None, :] & ((k <= q) & ~is_noisy[:, None] | (k < q))
+        sees_self = is_noisy[:, None] & is_noisy[None, :] & (q == k)
+        allowed = (sees_clean | sees_self).to(model.device)
+        # Additive (not boolean) so SDPA keeps its memory-efficient kernel.
+        self.mask = torch.zeros(allowed.shape, device=model.device).masked_fill(
+            ~allowed, float("-inf")
+        )
+        self.model, self.length = model, self.positions.shape[0]
+
+    def self_attention(self, layer, q, k, v):
+        """q, k, v [B * L, H, D] -> [B * L, H, D]."""
+        b, h = q.shape[0] // self.length, q.shape[1]
+
+        def heads(x, rope):  # [B*L, H, D] -> [B, H, L, D], rotated at sample positions
+            x = x.view(b, self.length, h, -1).transpose(0, 1).reshape(self.length, b * h, -1)
+            if rope:
+                x = self.model.rope(x, self.positions)
+            return x.view(self.length, b, h, -1).permute(1, 2, 0, 3)
+
+        out = F.scaled_dot_product_attention(
+            heads(q, True), heads(k, True), heads(v, False), attn_mask=self.mask.to(q.dtype)
+        )
+        return out.permute(0, 2, 1, 3).reshape(q.shape)
+
+
+def make_batch(seeds, chunks: int, device, encoder: HashedWordEncoder):
+    """(latents [B, C, K * 3, h, w] fp32, text [B, text_len, text_dim], captions)."""
+    ae, lats, caps = PixelAE(), [], []
+    for s in seeds:
+        frames, caption = data.clip(s, chunks * TINY.frames_per_chunk, device)
+        lats.append(ae.encode(frames))
+        caps.append(caption)
+    return torch.stack(lats), encoder.encode(caps).to(device), caps
+
+
+def sample_t(n: int, gen: torch.Generator) -> torch.Tensor:
+    """n timesteps: half one of the inference timesteps, half uniform in [0, 1000]."""
+    table = torch.tensor(TINY.timesteps)
+    pick = table[torch.randint(len(table), (n,), generator=gen)]
+    uniform = torch.rand(n, generator=gen) * 1000
+    return torch.where(torch.rand(n, generator=gen) < 0.5, pick, uniform)
+
+
+def flow_loss(model, latents, text, gen: torch.Generator, context_noise: float = 0.05):
+    """MSE of the predicted flow on every noisy chunk of the batch; `gen` on the latents'
+    device draws the noise (a CPU generator seeded from it draws timesteps)."""
+    cpu_gen = torch.Generator().manual_seed(
+        int(torch.randint(2**62, (), generator=gen, device=gen.device))
+    )
+    b, _, frames, _, _ = latents.shape
+    fpc = model.config.frames_per_chunk
+    k = frames // fpc
+    x0 = latents.unflatten(2, (k, fpc)).permute(0, 2, 1, 3, 4, 5)  # [B, K, C, 3, h, w]
+    t = sample_t(b * k, cpu_gen).view(b, k)
+    s = torch.tensor([[sigma(float(v), SHIFT_T) for v in row] for row in t])
+    s = s.to(latents.device)[..., None, None, None, None]
+    noise = torch.randn(x0.shape, generator=gen, device=gen.device)
+    xt = (1 - s) * x0 + s * noise
+    aug = torch.rand(b, 1, 1, 1, 1, 1, generator=cpu_gen).to(latents.device) * context_noise
+    ctx_clean = x0 + aug * torch.randn(x0.shape, generator=gen, device=gen.device)
+    chunks = []
+    for i in range(b):
+        chunks += [ChunkInput(ctx_clean[i, j], 0.0, text[i], j * fpc) for j in range(k - 1)]
+        chunks += [ChunkInput(xt[i, j], float(t[i, j]), text[i], j * fpc) for j in range(k)]
+    out = model(chunks, BlockCausalContext(model, k))
+    pred = torch.stack([out[i * (2 * k - 1) + k - 1 + j] for i in range(b) for j in range(k)])
+    return F.mse_loss(pred.float(), (noise - x0).reshape(pred.shape).float())
+
+
+def new_model(seed: int, device):
+    """TINY with seeded init, head zeroed (the DiT training init: start predicting 0 flow)."""
+    model = build_model(TINY, device, torch.float32, seed).train()
+    torch.nn.init.zeros_(model.head.head.weight)
+    torch.nn.init.zeros_(model.head.head.bias)
+    return model
+
+
+def lr_at(frac: float, base: float, step: int, warmup: int) -> float:
+    """Linear warmup, then cosine from base to base / 10 over the run (frac in [0, 1])."""
+    w = min(1.0, (step + 1) / warmup)
+    return base * w * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0))))
+
+
+def save_weights(ema: dict, path: Path, dtype=torch.float16) -> None:
+    from safetensors.torch import save_file
+
+    save_file({k: v.detach().to(dtype).cpu().contiguous() for k, v in ema.items()}, str(path))
+
+
+def parse(argv):
+    p = argparse.ArgumentParser(
+        prog="python -m qvg_serve.tiny.train",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--steps", type=int, default=100_000, help="max optimizer steps")
+    p.add_argument("--minutes", type=float, default=14.0, help="total training time budget")
+    p.add_argument(
+        "--stop-after",
+        type=float,
+        default=None,
+        help="stop this call after N minutes (checkpoint; resume with --resume)",
+    )
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--chunks", type=int, default=6, help="chunks (of 3 frames) per clip")
+    p.add_argument("--lr", type=float, default=6e-4)
+    p.add_argument("--warmup", type=int, default=100)
+    p.add_argument("--ema", type=float, default=0.995)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="out/tiny", help="directory for tiny.safetensors etc.")
+    p.add_argument("--resume", default=None, help="checkpoint file to resume from")
+    p.add_argument("--device", default="auto")
+    p.add_argument(
+        "--smoke",
+        action="store_true",
+        help="CPU smoke mode: batch 2, 2 chunks, 4 steps on one fixed batch",
+    )
+    p.add_argument("--log-every", type=int, default=50)
+    args = p.parse_args(argv)
+    if args.smoke:
+        args.batch, args.chunks, args.steps, args.warmup, args.log_every = 2, 2, 4, 1, 1
+    return args
+
+
+def main(argv=None) -> dict:
+    args = parse(argv)
+    dev = torch.device(
+        ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    )
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    model = new_model(args.seed, dev)
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.99), weight_decay=0.01)
+    ema = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    state = {"step": 0, "elapsed": 0.0, "losses": []}
+    if args.resume and Path(args.resume).exists():
+        ck = torch.load(args.resume, map_location=dev)
+        model.load_state_dict(ck["model"]), opt.load_state_dict(ck["opt"])
+        ema, state = ck["ema"], ck["state"]
+        print(f"resumed from {args.resume} at step {state['step']}", flush=True)
+    encoder = HashedWordEncoder(TINY.text_len, TINY.text_dim)
+    gen = torch.Generator(dev).manual_seed(args.seed * 7919 + state["step"])
+    fixed = make_batch(range(args.batch), args.chunks, dev, encoder) if args.smoke else None
+    budget, call_start = args.minutes * 60, time.time()
+    stop_call = (args.stop_after or 1e9) * 60
+    t0, window, last_save = time.time() - state["elapsed"], [], time.time()
+    while state["step"] < args.steps:
+        elapsed = time.time() - t0
+        if elapsed > budget or time.time() - call_start > stop_call:
+            break
+        step = state["step"]
+        seeds = [args.seed * TRAIN_SEED_BASE + step * args.batch + i for i in range(args.batch)]
+        lat, text, _ = fixed or make_batch(seeds, args.chunks, dev, encoder)
+        lr = lr_at(max(step / args.steps, elapsed / budget), args.lr, step, args.warmup)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        with torch.autocast(dev.type, torch.bfloat16, enabled=dev.type == "cuda"):
+            loss = flow_loss(model, lat, text, gen)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        decay = min(args.ema, (1 + step) / (10 + step))
+        with torch.no_grad():
+            for k, v in model.state_dict().items():
+                ema[k].lerp_(v, 1 - decay)
+        window.append(loss.item())
+        state["step"] = step + 1
+        if state["step"] % args.log_every == 0 or args.smoke:
+            mean = sum(window) / len(window)
+            state["losses"].append([state["step"], round(time.time() - t0, 1), mean])
+            print(
+                f"step {state['step']:6d}  loss {mean:.4f}  lr {lr:.2e}  gnorm {gnorm:.2f}"
+                f"  {time.time() - t0:7.1f}s",
+                flush=True,
+            )
+            window = []
+            state["elapsed"] = time.time() - t0
+        if time.time() - last_save > 120:  # a killed run still leaves weights and its log
+            write_outputs(args, dev, out, ema, state)
+            last_save = time.time()
+    state["elapsed"] = time.time() - t0
+    torch.save(
+        {"model": model.state_dict(), "opt": opt.state_dict(), "ema": ema, "state": state},
+        out / "tiny_ckpt.pt",
+    )
+    return write_outputs(args, dev, out, ema, state)
+
+
+def write_outputs(args, dev, out: Path, ema: dict, state: dict) -> dict:
+    """tiny.safetensors (EMA weights, fp16) and tiny_train.json (recipe and loss curve)."""
+    save_weights(ema, out / "tiny.safetensors")
+    log = {
+        "config": {f: getattr(TINY, f) for f in TINY.__dataclass_fields__},
+        "args": vars(args),
+        "seed": args.seed,
+        "device": str(dev),
+        "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
+        "steps": state["step"],
+        "train_seconds": round(state["elapsed"], 1),
+        "final_loss": state["losses"][-1][2] if state["losses"] else None,
+        "data": {
+            "module": "qvg_serve.tiny.data",
+            "frames": args.chunks * 3,
+            "size": [data.HEIGHT, data.WIDTH],
+            "clip_seeds": "seed * 1e9 + step * batch + i",
+            "shapes": data.SHAPES,
+            "colours": list(data.COLOURS),
+            "shape_motions": data.SHAPE_MOTIONS,
+            "backgrounds": data.BACKGROUNDS,
+            "photos": data.PHOTOS,
+            "camera_motions": data.CAMERA_MOTIONS,
+            "photo_fraction": data.PHOTO_FRACTION,
+            "latent": f"pixel_unshuffle(4) of (pixel/255 - {SHIFT}) / {SCALE}",
+        },
+        "recipe": {
+            "timesteps": "half from config.timesteps, half U[0,1000]",
+            "shift": SHIFT_T,
+            "target": "v = noise - x0",
+            "context_noise": 0.05,
+            "optimizer": "AdamW b=(0.9,0.99) wd=0.01, warmup + cosine to lr/10",
+            "ema": args.ema,
+            "autocast": "bf16 on cuda",
+            "grad_clip": 1.0,
+        },
+        "loss_curve": state["losses"],
+    }
+    (out / "tiny_train.json").write_text(json.dumps(log, indent=1))
+    print(f"wrote {out / 'tiny.safetensors'} after {state['step']} steps", flush=True)
+    return log
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,103 @@
+"""The tiny model's data, fixed autoencoder, trainer smoke mode and shipped weights (CPU)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from qvg_serve.models import TINY, build_model, load_checkpoint
+from qvg_serve.models.pixel_ae import PixelAE
+from qvg_serve.runtime import shipped_weights
+from qvg_serve.tiny import data, train
+
+
+def test_clips_are_deterministic_per_seed_and_differ_between_seeds():
+    a, cap_a = data.clip(123, 6)
+    b, cap_b = data.clip(123, 6)
+    c, _ = data.clip(124, 6)
+    assert cap_a == cap_b and torch.equal(a, b)
+    assert a.shape == (6, data.HEIGHT, data.WIDTH, 3) and a.dtype == torch.uint8
+    assert not torch.equal(a, c)
+
+
+def _shape_seed(colour: str, motion: str, background: str = "black") -> int:
+    for s in range(20_000):
+        spec = data.clip_spec(s)
+        if (spec.colour, spec.motion, spec.background) == (colour, motion, background):
+            return s
+    raise AssertionError("no such clip in the first seeds")
+
+
+@pytest.mark.parametrize("colour", ["red", "green", "blue"])
+def test_caption_colour_matches_object_pixels(colour):
+    seed = _shape_seed(colour, "rotating")
+    frames, caption = data.clip(seed, 3)
+    assert colour in caption.split()
+    obj = frames.float().reshape(-1, 3)
+    obj = obj[obj.sum(1) > 60]  # pixels brighter than the black background
+    dominant = obj.mean(0).argmax().item()
+    assert dominant == {"red": 0, "green": 1, "blue": 2}[colour]
+
+
+@pytest.mark.parametrize(
+    "motion,axis,sign",
+    [("moving right", 1, 1), ("moving left", 1, -1), ("moving down", 0, 1), ("moving up", 0, -1)],
+)
+def test_caption_motion_matches_object_centroid(motion, axis, sign):
+    spec = data.clip_spec(_shape_seed("white", motion))
+    spec = data.ClipSpec(
+        spec.kind,
+        spec.motion,
+        spec.background,
+        spec.shape,
+        spec.colour,
+        (48.0, 32.0, *spec.params[2:]),
+    )  # start centred: no wrap in 4 frames
+    frames = data.render(spec, 4).float().sum(-1)
+    mask = frames > 100
+    coords = [torch.nonzero(m).float().mean(0)[axis].item() for m in mask]
+    assert sign * (coords[-1] - coords[0]) > 2
+
+
+def test_photo_clip_caption_names_a_bundled_photo_and_moves():
+    seed = next(s for s in range(1000) if data.clip_spec(s).kind == "photo")
+    frames, caption = data.clip(seed, 4)
+    assert caption.split()[-1] in data.PHOTOS.values()
+    assert (frames[1:].float() - frames[:-1].float()).abs().mean() > 0.5
+
+
+def test_pixel_ae_round_trip_is_exact_and_latents_have_unit_scale():
+    ae = PixelAE()
+    frames = torch.cat([data.clip(s, 3)[0] for s in range(6)])
+    lat = ae.encode(frames)
+    assert lat.shape == (TINY.in_channels, 18, TINY.latent_height, TINY.latent_width)
+    assert torch.equal(ae.decode(lat), frames)
+    all_levels = torch.arange(256, dtype=torch.uint8).repeat(64 * 96 * 3 // 256)
+    ramp = all_levels.reshape(1, 64, 96, 3)
+    assert torch.equal(ae.decode(ae.encode(ramp)), ramp)
+    assert abs(lat.mean().item()) < 0.5 and 0.5 < lat.std().item() < 1.5
+
+
+def test_train_smoke_mode_lowers_the_loss_on_a_fixed_batch(tmp_path):
+    log = train.main(["--smoke", "--out", str(tmp_path), "--device", "cpu"])
+    losses = [loss for _, _, loss in log["loss_curve"]]
+    assert len(losses) == 4 and all(torch.isfinite(torch.tensor(losses)))
+    assert losses[-1] < losses[0]
+    weights = tmp_path / "tiny.safetensors"
+    model = build_model(TINY)
+    load_checkpoint(model, weights)  # the trainer's output loads into the preset
+    assert weights.stat().st_size <= 16 * 2**20
+
+
+def test_shipped_weights_load_into_the_tiny_preset():
+    path = shipped_weights("tiny")
+    if path is None:
+        pytest.skip(
+            "qvg_serve/weights/tiny.safetensors absent (train: python -m qvg_serve.tiny.train)"
+        )
+    assert path.stat().st_size <= 16 * 2**20
+    model = build_model(TINY)
+    before = model.head.head.weight.clone()
+    load_checkpoint(model, path)
+    assert not torch.equal(before, model.head.head.weight)
+    assert all(torch.isfinite(p).all() for p in model.parameters())
