@@ -14,12 +14,16 @@ BENCHES: dict[str, tuple[str, str]] = {
     "capacity": ("capacity", "frames of KV history that fit in a budget, per page format"),
     "attention": ("attention", "one chunk's attention over paged (quantized) history vs dense"),
     "scheduler": ("scheduler", "schedule()+update() timings and simulated capacity (no torch)"),
+    "e2e": ("e2e", "time per chunk through the pool, bf16 vs QVG pages; N streams batched"),
+    "serve": ("serve", "concurrent HTTP streams: time to first frame, inter-chunk p50/p99"),
 }
 
 
 # command -> (module under qvg_serve, one-line help); modules declare their own arguments.
 COMMANDS: dict[str, tuple[str, str]] = {
     "generate": ("generate", "offline generation (no Ray): one MP4 per prompt, all batched"),
+    "serve": ("serve_cli", "run the Ray Serve app (HTTP API under /v1) until Ctrl-C"),
+    "demo": ("demo", "local Ray, tiny model, N streams over HTTP: MP4s + KV memory report"),
 }
 
 

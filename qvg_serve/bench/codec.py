@@ -1,7 +1,8 @@
 """`qvg-serve bench codec`: every codec on the same K/V, side by side with the official QVG.
 
 Per codec: compression ratio (all metadata counted), relative MSE of K and V
-(||x - x_hat||^2 / ||x||^2), encode and decode time (median), decode GB/s (stored bytes read +
+(||x - x_hat||^2 / ||x||^2), encode and decode time (CUDA: device time per call of back-to-back
+calls between CUDA events; CPU: median wall time), decode GB/s (stored bytes read +
 bf16 bytes written) and its fraction of the copy bandwidth measured in the same run (a bf16
 clone of the same size). Also the centroid-caching experiment: the second half of the tokens
 encoded cold vs warm-started from the first half's centroids. On CPU, read ratios between rows,
@@ -91,20 +92,23 @@ def load_kv(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
     return k, v
 
 
-def _sync(device: torch.device) -> None:
+def timed(fn: Callable[[], object], device: torch.device, repeat: int) -> tuple[object, float]:
+    """(last result, ms per call). CUDA: `repeat` calls back to back between two events
+    (device time; launch overhead hidden as in a serving loop), mean. CPU: median wall time."""
+    out = fn()  # warm-up: compiles, caches
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def timed(fn: Callable[[], object], device: torch.device, repeat: int) -> tuple[object, float]:
-    """(last result, median ms) of `repeat` runs after one warm-up."""
-    out = fn()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(repeat):
+            out = fn()
+        end.record()
+        torch.cuda.synchronize(device)
+        return out, start.elapsed_time(end) / repeat
     times = []
     for _ in range(repeat):
-        _sync(device)
         t0 = time.perf_counter()
         out = fn()
-        _sync(device)
         times.append((time.perf_counter() - t0) * 1e3)
     return out, statistics.median(times)
 

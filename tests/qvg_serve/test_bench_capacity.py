@@ -60,3 +60,29 @@ def test_bench_attention_runs_tiny(capsys):
     rows = json.loads(capsys.readouterr().out)
     assert [r["path"] for r in rows] == ["dense-bf16", "pool-bf16", "pool-qvg-int2"]
     assert all(r["ms"] > 0 and r["history_tokens"] == 32 for r in rows)
+
+
+def test_bench_e2e_runs_tiny(capsys):
+    args = [
+        "bench",
+        "e2e",
+        "--model",
+        "tiny",
+        "--device",
+        "cpu",
+        "--history",
+        "4",
+        "--streams",
+        "2",
+        "--batch-history",
+        "4",
+        "--repeat",
+        "1",
+        "--json",
+    ]
+    assert main(args) == 0
+    rows = json.loads(capsys.readouterr().out)
+    chunk = next(r for r in rows if r["bench"] == "chunk")
+    batch = next(r for r in rows if r["bench"] == "batch")
+    assert chunk["history_frames"] == 4 and chunk["bf16_s"] > 0 and chunk["qvg-int2_s"] > 0
+    assert batch["streams"] == 2 and batch["batched_chunk_s"] > 0

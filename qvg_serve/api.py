@@ -1,0 +1,321 @@
+"""The HTTP API (FastAPI) of the ingress: auth, validation, errors, routing to engine replicas.
+
+Every client error is a JSON `ErrorBody` {"error": {status, code, field, message}} with a 4xx:
+422 for a body or parameter out of range (field = its path, e.g. "frames"), 400 for a body that
+is not JSON, 401 without a valid API key, 404 for an unknown stream or another tenant's, 409 for
+video.mp4 of a live stream, 413 for a body over server.max_body_bytes, 429 + Retry-After when
+the scheduler refuses. A 5xx is a bug.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+from typing import Any, Literal
+
+from fastapi import Depends, FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from .api_schema import (
+    PRIORITIES,
+    Action,
+    ActionResult,
+    Cancelled,
+    Capacity,
+    Created,
+    CreateStream,
+    ErrorBody,
+    Health,
+    StreamStatus,
+    StreamUrls,
+)
+from .config import AppConfig
+from .frames import MJPEG_TYPE, SSE_TYPE
+from .routing import OWNER_KWARG
+
+STREAM_ID = re.compile(r"^[A-Za-z0-9]{1,64}-[0-9]{1,18}$")
+ERRORS = {code: {"model": ErrorBody} for code in (400, 401, 404, 409, 413, 422, 429)}
+
+
+class ApiError(Exception):
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        field: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status, self.code, self.field, self.headers = status, code, field, headers
+
+
+def error_response(
+    status: int,
+    code: str,
+    message: str,
+    field: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
+    body = {"error": {"status": status, "code": code, "field": field, "message": message}}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+class BodyLimit:
+    """ASGI middleware: 413 for a body over `limit` bytes, by Content-Length or as it streams."""
+
+    def __init__(self, app, limit: int, on_reject=None) -> None:
+        self.app, self.limit, self.on_reject = app, limit, on_reject
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        length = dict(scope.get("headers") or []).get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.limit):
+            return await self._reject(scope, receive, send)
+        body, more = b"", True  # no length given (chunked): read it all, up to the limit
+        while more:
+            msg = await receive()
+            if msg["type"] != "http.request":
+                return await self.app(scope, receive, send)  # disconnected
+            body += msg.get("body", b"")
+            more = msg.get("more_body", False)
+            if len(body) > self.limit:
+                return await self._reject(scope, receive, send)
+        replayed = False
+
+        async def replay():
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        return await self.app(scope, replay, send)
+
+    async def _reject(self, scope, receive, send):
+        if self.on_reject is not None:
+            self.on_reject("too_large")
+        resp = error_response(413, "too_large", f"request body over {self.limit} bytes", "body")
+        await resp(scope, receive, send)
+
+
+def build_api(cfg: AppConfig, engine, environ=os.environ) -> FastAPI:
+    """The FastAPI app; `engine` is the engine deployment's handle."""
+    server = cfg.server
+    keys = server.api_keys(environ) if server.auth_enabled() else {}
+    app = FastAPI(title="qvg-serve", version="1", description=__doc__, responses=ERRORS)  # type: ignore[arg-type]
+
+    def count(reason: str) -> None:
+        engine.reject.remote(reason)  # fire and forget: counted on an engine replica
+
+    app.add_middleware(BodyLimit, limit=server.max_body_bytes, on_reject=count)
+    _error_handlers(app, count)
+
+    def tenant(request: Request) -> str:
+        if not server.auth_enabled():
+            return "default"
+        auth = request.headers.get("authorization", "")
+        key = auth[7:].strip() if auth.lower().startswith("bearer ") else None
+        key = key or request.headers.get("x-api-key")
+        if key is None or key not in keys:
+            raise ApiError(
+                401,
+                "unauthorized",
+                "missing or unknown API key (Authorization: Bearer <key> or X-API-Key)",
+                "authorization",
+            )
+        return keys[key]
+
+    def owner(stream_id: str) -> str:
+        if not STREAM_ID.match(stream_id):
+            raise ApiError(404, "not_found", f"no stream {stream_id[:80]!r}", "stream_id")
+        return stream_id.rpartition("-")[0]
+
+    def call(method: str, stream_id: str, who: str, **kw):
+        kw[OWNER_KWARG] = owner(stream_id)
+        return getattr(engine, method).remote(stream_id, tenant=who, **kw)
+
+    def not_found(stream_id: str) -> ApiError:
+        return ApiError(404, "not_found", f"no stream {stream_id!r}", "stream_id")
+
+    @app.post("/v1/streams", status_code=201, response_model=Created)
+    async def create(body: CreateStream, request: Request, who: str = Depends(tenant)):
+        if body.frames > server.max_frames_per_stream:
+            raise ApiError(
+                422,
+                "invalid",
+                f"frames = {body.frames} is over this server's "
+                f"max_frames_per_stream = {server.max_frames_per_stream}",
+                "frames",
+            )
+        got = await engine.create.remote(
+            tenant=who,
+            prompt=body.prompt,
+            frames=body.frames,
+            seed=body.seed,
+            priority=PRIORITIES[body.priority],
+            target_fps=body.target_fps,
+        )
+        if not got["accepted"]:
+            raise _refused(got)
+        return Created(id=got["id"], urls=_urls(str(request.base_url), got["id"]))
+
+    @app.get("/v1/streams/{stream_id}", response_model=StreamStatus)
+    async def status(stream_id: str, who: str = Depends(tenant)):
+        got = await call("status", stream_id, who)
+        if got is None:
+            raise not_found(stream_id)
+        return got
+
+    @app.get(
+        "/v1/streams/{stream_id}/frames",
+        response_class=StreamingResponse,
+        responses={200: {"content": {MJPEG_TYPE: {}, SSE_TYPE: {}}}},
+    )
+    async def frames(
+        stream_id: str,
+        who: str = Depends(tenant),
+        format: Literal["mjpeg", "sse"] = "mjpeg",
+        start: int = Query(0, ge=0, le=10**9, description="First frame to send."),
+        cancel_on_disconnect: bool = False,
+    ):
+        if await call("status", stream_id, who) is None:
+            raise not_found(stream_id)
+        gen = engine.options(stream=True).frames.remote(
+            stream_id, tenant=who, fmt=format, start=start, **{OWNER_KWARG: owner(stream_id)}
+        )
+        media = MJPEG_TYPE if format == "mjpeg" else SSE_TYPE
+        body = _relay(gen, lambda: call("cancel", stream_id, who) if cancel_on_disconnect else None)
+        return StreamingResponse(body, media_type=media, headers={"Cache-Control": "no-store"})
+
+    @app.get(
+        "/v1/streams/{stream_id}/video.mp4",
+        response_class=Response,
+        responses={200: {"content": {"video/mp4": {}}}},
+    )
+    async def video(stream_id: str, who: str = Depends(tenant)):
+        got = await call("video", stream_id, who)
+        if got is None:
+            raise not_found(stream_id)
+        if got == "running":
+            raise ApiError(
+                409, "not_done", "the stream is still generating; poll its status", "stream_id"
+            )
+        if got == "empty":
+            raise ApiError(409, "no_frames", "the stream ended without frames", "stream_id")
+        return Response(got, media_type="video/mp4")
+
+    @app.post("/v1/streams/{stream_id}/actions", response_model=ActionResult)
+    async def act(stream_id: str, body: Action, who: str = Depends(tenant)):
+        got = await call("act", stream_id, who, prompt=body.prompt)
+        if got is None:
+            raise not_found(stream_id)
+        if isinstance(got, str):
+            raise ApiError(422, "invalid", f"prompt: {got}", "prompt")
+        detail = "applied from the next chunk boundary" if got else "the stream has ended"
+        if not got:
+            raise ApiError(409, "ended", detail, "stream_id")
+        return ActionResult(id=stream_id, applied=True, detail=detail)
+
+    @app.delete("/v1/streams/{stream_id}", response_model=Cancelled)
+    async def cancel(stream_id: str, who: str = Depends(tenant)):
+        got = await call("cancel", stream_id, who)
+        if got is None:
+            raise not_found(stream_id)
+        return Cancelled(id=stream_id, **got)
+
+    @app.get("/v1/health", response_model=Health)
+    async def health():
+        got = await engine.health.remote()
+        return Health(status="ok", replica=got["replica"])
+
+    @app.get("/v1/capacity", response_model=Capacity)
+    async def capacity(who: str = Depends(tenant)):
+        got = await engine.capacity.remote()
+        return Capacity(
+            replicas=[got], free_bytes=got["free_bytes"], streams_that_fit=got["streams_that_fit"]
+        )
+
+    @app.get("/metrics", response_class=Response, include_in_schema=False)
+    async def metrics():
+        data, ctype = await engine.metrics_text.remote()
+        return Response(data, media_type=ctype)
+
+    return app
+
+
+async def _relay(gen, on_disconnect):
+    """Forward the replica's parts; if the client goes away, optionally cancel the stream."""
+    finished = False
+    try:
+        async for part in gen:
+            yield part
+        finished = True
+    finally:
+        if not finished:
+            gen.cancel()
+            ref = on_disconnect()
+            if ref is not None:
+                await asyncio.shield(ref)
+
+
+def _refused(got: dict[str, Any]) -> ApiError:
+    reason, retry = got["reason"], got.get("retry_after_s", 0.0)
+    if reason == "bad_prompt":
+        return ApiError(422, "invalid", f"prompt: {got['message']}", "prompt")
+    if reason in ("kv_pressure", "queue_full"):
+        return ApiError(
+            429,
+            reason,
+            f"the server is refusing new streams ({reason}); retry after {retry:g} s",
+            None,
+            {"Retry-After": str(max(1, round(retry)))},
+        )
+    if reason == "too_large":
+        return ApiError(
+            422,
+            "too_large",
+            "one chunk of this stream does not fit this server's KV pool or your tenant's page cap",
+            "frames",
+        )
+    return ApiError(409, reason or "refused", f"stream refused: {reason}", None)
+
+
+def _urls(base: str, sid: str) -> StreamUrls:
+    root = f"{base.rstrip('/')}/v1/streams/{sid}"
+    return StreamUrls(
+        status=root,
+        frames=f"{root}/frames",
+        sse=f"{root}/frames?format=sse",
+        video=f"{root}/video.mp4",
+        actions=f"{root}/actions",
+    )
+
+
+def _error_handlers(app: FastAPI, count) -> None:
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, exc: ApiError):
+        if exc.code in ("unauthorized", "too_large") or exc.status == 422:
+            count(exc.code if exc.code != "too_large" or exc.status == 413 else "invalid")
+        return error_response(exc.status, exc.code, str(exc), exc.field, exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError):
+        errors = exc.errors()
+        first = errors[0] if errors else {"loc": (), "msg": "invalid request", "type": ""}
+        loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path")]
+        field = ".".join(loc) or "body"
+        if first.get("type") == "json_invalid":
+            count("invalid")
+            return error_response(400, "bad_json", f"body is not JSON: {first['msg']}", "body")
+        count("invalid")
+        return error_response(422, "invalid", f"{field}: {first['msg']}", field)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException):
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return error_response(exc.status_code, code, str(exc.detail), None)

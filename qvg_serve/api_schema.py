@@ -1,0 +1,110 @@
+"""Request and response bodies of the HTTP API (pydantic v2, unknown fields rejected)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from scheduler.config import Priority
+
+PRIORITIES = {p.name.lower(): int(p) for p in Priority}
+MAX_PROMPT_CHARS = 2000  # the text encoder reads a few hundred tokens; more is a mistake
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class CreateStream(_Body):
+    prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS, description="Text prompt.")
+    frames: int = Field(
+        48, ge=1, description="Video frames to generate (<= the server's max_frames_per_stream)."
+    )
+    seed: int = Field(0, ge=0, le=2**31 - 1, description="Noise seed (same seed, same video).")
+    priority: Literal["low", "normal", "high"] = Field(
+        "normal", description="Scheduling class: higher wins batch slots and memory."
+    )
+    target_fps: float | None = Field(
+        None,
+        gt=0,
+        le=240,
+        description="Real-time rate the client must receive; None = as fast as the batch allows.",
+    )
+
+
+class StreamUrls(_Body):
+    status: str
+    frames: str
+    sse: str
+    video: str
+    actions: str
+
+
+class Created(_Body):
+    id: str
+    urls: StreamUrls
+
+
+class Action(_Body):
+    prompt: str = Field(
+        min_length=1,
+        max_length=MAX_PROMPT_CHARS,
+        description="New prompt, applied from the next chunk boundary.",
+    )
+
+
+class ActionResult(_Body):
+    id: str
+    applied: bool
+    detail: str
+
+
+class HistoryEntry(_Body):
+    step: int
+    event: str
+    state: str
+    detail: str
+
+
+class StreamStatus(_Body):
+    id: str
+    prompt: str
+    state: str
+    frames_done: int
+    frames_wanted: int
+    chunks_done: int
+    pages: dict[str, dict[str, int]] = Field(description="format -> tier -> pages held")
+    bytes: dict[str, dict[str, int]] = Field(description="format -> tier -> bytes held")
+    degraded: bool
+    preemptions: int
+    history: list[HistoryEntry] = Field(description="Ladder events of the stream.")
+    end_reason: str | None
+
+
+class Cancelled(_Body):
+    id: str
+    cancelled: bool
+    pages_held: int
+
+
+class Capacity(_Body):
+    replicas: list[dict] = Field(description="One entry per replica answering (see docs).")
+    free_bytes: int
+    streams_that_fit: int
+
+
+class Health(_Body):
+    status: Literal["ok"]
+    replica: str
+
+
+class ErrorDetail(_Body):
+    status: int
+    code: str
+    field: str | None
+    message: str
+
+
+class ErrorBody(_Body):
+    error: ErrorDetail

@@ -1,0 +1,72 @@
+"""The Ray Serve application: `serve run qvg_serve.app:build_app` (see serve_config.yaml).
+
+    HTTP --> Serve proxy --> QVGIngress (FastAPI, CPU, stateless: auth, validation, errors)
+                                  |  DeploymentHandle + StreamRouter (routing.py)
+                                  v
+                             QVGEngine replica 1..N  (deployment.name; one per GPU:
+                               Engine + engine thread + frame buffers + Metrics)
+
+Where a stream lives, and why this layout. A stream's KV pages, latents and frames are in one
+replica's memory, so every request for it must reach that replica. The replica that creates a
+stream names itself in the id ("<replica unique id>-<n>"); the ingress passes that name with
+every per-stream call and a custom Serve request router (`StreamRouter`) offers Serve only that
+replica. Alternatives considered:
+  - Serve's multiplexed-model-id routing: affinity is best effort. When the owner is busy
+    (max_ongoing_requests: open frame streams count) or its model-id report lags, Serve falls
+    back to another replica, which does not have the stream: a wrong answer, not a slow one.
+  - N single-replica deployments and routing by index in the ingress: strict, but it breaks
+    Serve autoscaling and the chart's one `deployments:` entry (deployment.name), and a
+    config change renames deployments.
+The router keeps one engine deployment (autoscaling, `num_replicas`, `ray_actor_options` all
+apply as in the chart), waits on a busy owner rather than falling back, and a replica that is
+gone answers 404 (its streams died with it: state is not replicated).
+
+The engine loop is a thread inside each replica (engine_loop.py): HTTP handlers only await
+futures, frames travel as JPEGs through per-stream buffers (replica.py).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import ValidationError
+from ray import serve
+from ray.serve.config import RequestRouterConfig
+
+from .config import AppConfig
+from .replica import EngineReplica
+
+INGRESS_NAME = "QVGIngress"
+INGRESS_MAX_ONGOING = 4096  # every open frames connection holds one; the ingress only relays
+
+
+@serve.deployment(
+    name=INGRESS_NAME, max_ongoing_requests=INGRESS_MAX_ONGOING, ray_actor_options={"num_cpus": 0}
+)
+@serve.ingress()
+class QVGIngress:
+    """Stateless HTTP front; the FastAPI app is built in the replica (it holds the handle)."""
+
+    def __init__(self, args: dict[str, Any], engine) -> None:
+        self.cfg, self.engine = AppConfig.from_args(args), engine
+
+    def __serve_build_asgi_app__(self):
+        from .api import build_api
+
+        return build_api(self.cfg, self.engine)
+
+
+def build_app(args: dict[str, Any] | None = None) -> serve.Application:
+    """Serve application builder; `args` is `AppConfig` (unknown or bad keys fail by path)."""
+    try:
+        cfg = AppConfig.from_args(args)
+    except ValidationError as exc:
+        raise ValueError(f"qvg-serve config (build_app args) is invalid:\n{exc}") from None
+    plain = cfg.model_dump(mode="json")
+    router = RequestRouterConfig(request_router_class="qvg_serve.routing:StreamRouter")
+    engine = serve.deployment(EngineReplica).options(
+        **cfg.deployment.serve_options(),
+        request_router_config=router,
+        health_check_period_s=10,
+    )
+    return QVGIngress.bind(plain, engine.bind(plain))

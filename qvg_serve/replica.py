@@ -1,0 +1,331 @@
+"""One engine replica (one GPU): the Engine, its thread, and the streams' frame buffers.
+
+Every method takes `replica=` (the id part naming the owner; see routing.py) and `tenant=`:
+a stream id from another replica or tenant answers None / False (the API's 404).
+Public stream ids are "<replica id>-<engine stream id>".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from .config import AppConfig
+from .engine import Chunk, Engine
+from .engine_loop import EngineLoop
+from .frames import (
+    encode_jpegs,
+    jpeg_size,
+    mjpeg_end,
+    mjpeg_part,
+    mp4_from_jpegs,
+    sse_event,
+    sse_frame,
+)
+from .metrics import Metrics
+
+log = logging.getLogger("qvg_serve.replica")
+
+FPS = 16.0
+"""Playback rate of video.mp4 and the default real-time rate (Self-Forcing's 16 fps)."""
+KEEP_ENDED = 1024
+"""Ended streams whose frames stay downloadable (oldest dropped first)."""
+
+
+@dataclass
+class StreamRecord:
+    """Event-loop side of one stream: its JPEG frames and whether it ended."""
+
+    tenant: str
+    prompt: str
+    frames_wanted: int
+    created: float
+    jpegs: list[bytes] = field(default_factory=list)
+    chunks: list[int] = field(default_factory=list)  # chunk index of each frame
+    size: tuple[int, int] = (0, 0)
+    ended: str | None = None
+    mp4: bytes | None = None
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def notify(self) -> None:
+        self.changed.set()
+        self.changed = asyncio.Event()  # readers wait on the new one
+
+
+class EngineReplica:
+    """The Serve deployment class of the engine (bound in app.py)."""
+
+    def __init__(self, args: dict[str, Any]) -> None:
+        from ray import serve
+
+        from .runtime import load_runtime
+
+        self.cfg = AppConfig.from_args(args)
+        cpus = self.cfg.deployment.ray_actor_options.num_cpus
+        _torch_threads(cpus)
+        try:
+            self.replica_id = serve.get_replica_context().replica_id.unique_id
+        except Exception:  # outside Serve (tests of the class itself)
+            self.replica_id = "local"
+        rt = load_runtime(self.cfg.engine_config(), warn=lambda *a, **k: log.warning(a[0]))
+        self.encoder_text = rt.text_encoder
+        self.engine = Engine(
+            rt.model,
+            self.cfg.engine_config(),
+            self.cfg.scheduler_config(),
+            decoder=rt.decoder,
+            device=rt.device,
+        )
+        self.frames_per_chunk = self._frames_per_chunk()
+        self.metrics = Metrics()
+        self.streams: dict[int, StreamRecord] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.loop = EngineLoop(self.engine, self.metrics, self._chunk_done, self._ended)
+        _serve_metrics_port(self.cfg.server.metrics_port, self.metrics)
+
+    def _frames_per_chunk(self) -> int:
+        from .models.hooks import LatentPreview
+
+        mc = self.engine.mc
+        if self.engine.decoder is None:
+            self.engine.decoder = LatentPreview(mc)
+        per_latent = getattr(self.engine.decoder, "temporal", mc.frames_per_latent)
+        return mc.frames_per_chunk * per_latent
+
+    # -- engine thread -> event loop -------------------------------------------------------------
+
+    def _chunk_done(self, sid: int, chunk: Chunk) -> None:  # encoder thread
+        jpegs = encode_jpegs(chunk.frames)
+        self._post(self._add_frames, sid, chunk.index, jpegs)
+
+    def _ended(self, sid: int, reason: str) -> None:  # encoder thread
+        self._post(self._mark_ended, sid, reason)
+
+    def _post(self, fn, *args) -> None:
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(fn, *args)
+
+    def _add_frames(self, sid: int, chunk: int, jpegs: list[bytes]) -> None:
+        rec = self.streams.get(sid)
+        if rec is None or rec.ended is not None:
+            return
+        room = rec.frames_wanted - len(rec.jpegs)  # the last chunk may overshoot: trim
+        rec.jpegs.extend(jpegs[:room])
+        rec.chunks.extend([chunk] * min(room, len(jpegs)))
+        if rec.size == (0, 0) and jpegs:
+            rec.size = jpeg_size(jpegs[0])
+        rec.notify()
+
+    def _mark_ended(self, sid: int, reason: str) -> None:
+        rec = self.streams.get(sid)
+        if rec is not None and rec.ended is None:
+            rec.ended = reason
+            rec.notify()
+        ended = [s for s, r in self.streams.items() if r.ended is not None]
+        for old in ended[: max(0, len(ended) - KEEP_ENDED)]:
+            del self.streams[old]
+
+    # -- requests -------------------------------------------------------------------------------
+
+    def _own(self, stream: str, tenant: str, replica: str) -> tuple[int, StreamRecord] | None:
+        """The stream's engine id and record if it lives here and belongs to `tenant`."""
+        rid, _, num = stream.rpartition("-")
+        if rid != self.replica_id or replica != rid or not num.isdigit():
+            return None
+        rec = self.streams.get(int(num))
+        return (int(num), rec) if rec is not None and rec.tenant == tenant else None
+
+    async def _run(self, fn, *args):
+        return await asyncio.wrap_future(self.loop.call(fn, *args))
+
+    async def create(
+        self,
+        *,
+        tenant: str,
+        prompt: str,
+        frames: int,
+        seed: int,
+        priority: int,
+        target_fps: float | None,
+    ) -> dict[str, Any]:
+        self._loop = asyncio.get_running_loop()
+        try:
+            text = self.encoder_text.encode([prompt])[0]
+        except ValueError as exc:  # e.g. a prompt without a single word
+            return {"accepted": False, "reason": "bad_prompt", "message": str(exc)}
+        chunks = math.ceil(frames / self.frames_per_chunk)
+
+        def submit():
+            sid, adm = self.engine.submit(
+                text,
+                chunks=chunks,
+                seed=seed,
+                tenant=tenant,
+                priority=priority,
+                target_fps=target_fps,
+            )
+            if adm.accepted:
+                self.loop.submitted(sid)  # the record is posted before any chunk can be
+                self._post(
+                    self.streams.__setitem__, sid, StreamRecord(tenant, prompt, frames, time.time())
+                )
+            else:
+                self.metrics.reject(_REJECT_METRIC.get(adm.reason, "invalid"))
+            return sid, adm
+
+        sid, adm = await self._run(submit)
+        return {
+            "id": f"{self.replica_id}-{sid}",
+            "accepted": adm.accepted,
+            "reason": adm.reason,
+            "retry_after_s": adm.retry_after_s,
+        }
+
+    async def status(self, stream: str, *, tenant: str, replica: str) -> dict | None:
+        own = self._own(stream, tenant, replica)
+        if own is None:
+            return None
+        sid, rec = own
+        snap = await self._run(self._snapshot, sid)
+        while snap["end_reason"] is not None and rec.ended is None:  # frames still encoding
+            waiter = rec.changed
+            await waiter.wait()
+        return {
+            "id": stream,
+            "prompt": rec.prompt,
+            "frames_done": len(rec.jpegs),
+            "frames_wanted": rec.frames_wanted,
+            **snap,
+            "end_reason": rec.ended or snap["end_reason"],
+        }
+
+    def _snapshot(self, sid: int) -> dict[str, Any]:  # engine thread
+        from .status import stream_snapshot
+
+        return stream_snapshot(self.engine, sid)
+
+    async def act(
+        self, stream: str, *, tenant: str, replica: str, prompt: str
+    ) -> bool | str | None:
+        own = self._own(stream, tenant, replica)
+        if own is None:
+            return None
+        sid, rec = own
+        try:
+            text = self.encoder_text.encode([prompt])[0]
+        except ValueError as exc:
+            return f"bad_prompt: {exc}"
+
+        def switch() -> bool:
+            if sid not in self.engine.streams or self.engine.streams[sid].ended is not None:
+                return False
+            self.engine.set_text(sid, text)
+            return True
+
+        ok = await self._run(switch)
+        if ok:
+            rec.prompt = prompt
+        return ok
+
+    async def cancel(self, stream: str, *, tenant: str, replica: str) -> dict | None:
+        own = self._own(stream, tenant, replica)
+        if own is None:
+            return None
+        sid, _ = own
+
+        def stop() -> dict[str, Any]:
+            live = self.engine.cancel(sid)
+            self.loop.end(sid, "cancelled")
+            return {"cancelled": live, "pages_held": len(self.engine.alloc.pages_of(sid))}
+
+        return await self._run(stop)
+
+    async def frames(self, stream: str, *, tenant: str, replica: str, fmt: str, start: int):
+        """Frames from `start` on as MJPEG parts or SSE events, live until the stream ends."""
+        own = self._own(stream, tenant, replica)
+        if own is None:
+            return
+        _, rec = own
+        i = start
+        while True:
+            waiter = rec.changed
+            while i < len(rec.jpegs):
+                jpeg = rec.jpegs[i]
+                yield (
+                    mjpeg_part(jpeg, i)
+                    if fmt == "mjpeg"
+                    else sse_frame(jpeg, i, rec.chunks[i], rec.size)
+                )
+                i += 1
+            if rec.ended is not None:
+                yield (
+                    mjpeg_end()
+                    if fmt == "mjpeg"
+                    else sse_event("end", {"reason": rec.ended, "frames": len(rec.jpegs)})
+                )
+                return
+            await waiter.wait()
+
+    async def video(self, stream: str, *, tenant: str, replica: str) -> bytes | str | None:
+        """MP4 bytes; "running" while the stream is live; "empty" if it ended without frames."""
+        own = self._own(stream, tenant, replica)
+        if own is None:
+            return None
+        _, rec = own
+        if rec.ended is None:
+            return "running"
+        if not rec.jpegs:
+            return "empty"
+        if rec.mp4 is None:
+            rec.mp4 = await asyncio.to_thread(mp4_from_jpegs, rec.jpegs, FPS)
+        return rec.mp4
+
+    async def capacity(self) -> dict[str, Any]:
+        from .status import capacity
+
+        return await self._run(capacity, self.engine, self.replica_id)
+
+    async def metrics_text(self) -> tuple[bytes, str]:
+        return self.metrics.exposition()
+
+    async def reject(self, reason: str) -> None:
+        self.metrics.reject(reason)
+
+    async def health(self) -> dict[str, Any]:
+        return {"replica": self.replica_id, "engine_thread": self.loop._thread.is_alive()}
+
+    def check_health(self) -> None:  # Serve's health check: a dead engine thread restarts us
+        if not self.loop._thread.is_alive():
+            raise RuntimeError("engine thread died")
+
+    def __del__(self) -> None:
+        loop = getattr(self, "loop", None)
+        if loop is not None:
+            loop._stop = True
+
+
+_REJECT_METRIC = {"kv_pressure": "capacity", "queue_full": "queue_full", "too_large": "invalid"}
+
+
+def _torch_threads(cpus: float) -> None:
+    """Replicas sharing a host must not each spawn a thread per core."""
+    import torch
+
+    if os.environ.get("OMP_NUM_THREADS") is None:
+        torch.set_num_threads(max(1, int(cpus)))
+
+
+def _serve_metrics_port(port: int | None, metrics: Metrics) -> None:
+    if port is None:
+        return
+    from prometheus_client import start_http_server
+
+    try:
+        start_http_server(port, registry=metrics.registry)
+    except OSError as exc:  # another replica on this host holds it (one replica per pod in k8s)
+        log.warning("metrics port %d: %s; this replica's metrics only via GET /metrics", port, exc)

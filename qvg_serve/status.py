@@ -1,0 +1,72 @@
+"""Read-only views of the engine for the API: one stream's status, the replica's capacity.
+
+Both run on the engine thread (EngineLoop.call), so they read the scheduler between steps.
+Bytes per page format are the pool's exact page sizes; span codebooks are pool-wide and
+reported by /metrics (qvg_kv_bytes), not split per stream.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .engine import Engine
+
+LADDER_EVENTS = ("encode", "reencode", "offload", "reload", "drop", "preempt", "restore")
+"""History events the status reports as the stream's degraded/preempted history."""
+
+
+def stream_snapshot(engine: Engine, sid: int) -> dict[str, Any]:
+    """State, pages and bytes by format and tier, ladder history and end reason of `sid`."""
+    rec = engine.status(sid)
+    if rec is None:
+        return _empty("unknown")
+    page_bytes = engine.alloc.layout.page_bytes
+    pages: dict[str, dict[str, int]] = {}
+    nbytes: dict[str, dict[str, int]] = {}
+    if hasattr(rec, "segments"):  # live Stream
+        for seg in rec.segments:
+            by_tier = pages.setdefault(seg.fmt, {})
+            by_tier[seg.tier] = by_tier.get(seg.tier, 0) + len(seg.pages)
+            b = nbytes.setdefault(seg.fmt, {})
+            b[seg.tier] = b.get(seg.tier, 0) + len(seg.pages) * page_bytes[seg.fmt]
+        state, chunks, end = rec.state.value, rec.chunk, rec.end_reason
+        degraded = any(f.value == "degraded" for f in rec.flags)
+    else:  # EndedStream: its pages were freed when it ended
+        state, chunks, end, degraded = rec.state, rec.chunks, rec.reason, rec.degraded
+    history = [
+        {"step": t.step, "event": t.event, "state": t.state, "detail": t.detail}
+        for t in rec.history
+        if t.event in LADDER_EVENTS
+    ]
+    preempted = sum(1 for t in rec.history if t.event == "preempt")
+    return {"state": state, "chunks_done": chunks, "pages": pages, "bytes": nbytes,
+            "degraded": degraded, "preemptions": preempted, "history": history,
+            "end_reason": end}  # fmt: skip
+
+
+def _empty(state: str) -> dict[str, Any]:
+    return {"state": state, "chunks_done": 0, "pages": {}, "bytes": {}, "degraded": False,
+            "preemptions": 0, "history": [], "end_reason": None}  # fmt: skip
+
+
+def capacity(engine: Engine, replica: str) -> dict[str, Any]:
+    """Free GPU bytes and pages per format, and how many more minimal streams would fit.
+
+    A minimal resident stream holds its sink + window + one chunk of BF16 pages (what the
+    scheduler requires before admitting it, scheduler.lifecycle.submit); quantization later
+    makes room for more, so this is a floor.
+    """
+    st = engine.alloc.stats()
+    cfg, mc = engine.scheduler.config, engine.mc
+    free_pages = {fmt: st.free_items("gpu", fmt) for fmt in engine.alloc.layout.page_bytes}
+    per_stream = cfg.sink_pages + cfg.window_pages + mc.frames_per_chunk
+    return {
+        "replica": replica,
+        "free_bytes": st.free_bytes["gpu"],
+        "total_bytes": st.total_bytes["gpu"],
+        "free_pages": free_pages,
+        "streams_that_fit": free_pages["bf16"] // max(1, per_stream),
+        "live_streams": len(engine.scheduler.streams),
+        "waiting": engine.scheduler.n_waiting,
+        "refusing": engine.scheduler.refusing,
+    }

@@ -1,0 +1,267 @@
+"""The HTTP API against a real local Ray Serve app (tiny model, CPU, auth on)."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+import requests
+from conftest import ACME, GLOBEX, create, sse_events, wait_state
+
+from qvg_serve.frames import parse_mjpeg
+
+
+@pytest.fixture(scope="module")
+def base(serving):
+    return serving.deploy("api", "/")
+
+
+def test_create_returns_201_with_id_and_urls(base):
+    r = create(base, frames=12, seed=3, priority="high", target_fps=16)
+    assert r.status_code == 201, r.text
+    body = r.json()
+    assert set(body["urls"]) == {"status", "frames", "sse", "video", "actions"}
+    assert body["urls"]["status"].endswith(f"/v1/streams/{body['id']}")
+
+
+def test_sse_frames_parse_and_end(base):
+    sid = create(base, frames=20).json()["id"]
+    events = sse_events(base, sid)
+    frames = [d for e, d in events if e == "frame"]
+    assert [f["index"] for f in frames] == list(range(20))
+    assert events[-1] == ("end", {"reason": "completed", "frames": 20})
+    import base64
+
+    from PIL import Image
+
+    img = Image.open(io.BytesIO(base64.b64decode(frames[0]["jpeg"])))
+    assert img.format == "JPEG" and img.size == (frames[0]["width"], frames[0]["height"])
+
+
+def test_mjpeg_parses_into_jpegs(base):
+    sid = create(base, frames=12).json()["id"]
+    r = requests.get(f"{base}/v1/streams/{sid}/frames", headers=ACME, timeout=120)
+    assert r.status_code == 200
+    assert r.headers["content-type"] == "multipart/x-mixed-replace; boundary=frame"
+    jpegs = parse_mjpeg(r.content)
+    assert len(jpegs) == 12
+    assert all(j[:3] == b"\xff\xd8\xff" and j[-2:] == b"\xff\xd9" for j in jpegs)
+    assert r.content.endswith(b"--frame--\r\n")
+
+
+def test_late_reader_replays_from_start_parameter(base):
+    sid = create(base, frames=12).json()["id"]
+    wait_state(base, sid, {"finished"})
+    frames = [d for e, d in sse_events(base, sid, start=5) if e == "frame"]
+    assert [f["index"] for f in frames] == list(range(5, 12))
+
+
+def test_status_reports_pages_by_format_and_tier(base):
+    sid = create(base, frames=48).json()["id"]
+    seen = None
+    for _ in range(400):
+        st = requests.get(f"{base}/v1/streams/{sid}", headers=ACME, timeout=10).json()
+        if st["pages"]:
+            seen = st
+            break
+    assert seen is not None, "status never showed a page"
+    assert seen["state"] in {"running", "waiting", "idle", "preempted"}
+    fmt, tiers = next(iter(seen["pages"].items()))
+    assert tiers["gpu"] >= 1 and seen["bytes"][fmt]["gpu"] > 0
+    done = wait_state(base, sid, {"finished"})
+    assert done["frames_done"] == 48 and done["end_reason"] == "completed"
+    assert done["pages"] == {}
+
+
+def test_video_mp4_when_done_and_409_before(base):
+    sid = create(base, frames=48).json()["id"]
+    early = requests.get(f"{base}/v1/streams/{sid}/video.mp4", headers=ACME, timeout=30)
+    assert early.status_code == 409 and early.json()["error"]["field"] == "stream_id"
+    wait_state(base, sid, {"finished"})
+    r = requests.get(f"{base}/v1/streams/{sid}/video.mp4", headers=ACME, timeout=60)
+    assert r.status_code == 200 and r.headers["content-type"] == "video/mp4"
+    import av
+
+    with av.open(io.BytesIO(r.content)) as c:
+        assert sum(1 for _ in c.decode(video=0)) == 48
+
+
+def test_action_applies_to_a_live_stream(base):
+    sid = create(base, frames=96).json()["id"]
+    r = requests.post(
+        f"{base}/v1/streams/{sid}/actions",
+        json={"prompt": "now it rains"},
+        headers=ACME,
+        timeout=30,
+    )
+    assert r.status_code == 200 and r.json()["applied"] is True
+    assert requests.get(f"{base}/v1/streams/{sid}", headers=ACME).json()["prompt"] == "now it rains"
+    requests.delete(f"{base}/v1/streams/{sid}", headers=ACME)
+    late = requests.post(f"{base}/v1/streams/{sid}/actions", json={"prompt": "x"}, headers=ACME)
+    assert late.status_code == 409
+
+
+def test_cancel_frees_pages_at_once(base):
+    sid = create(base, frames=480).json()["id"]
+    for _ in range(400):
+        if requests.get(f"{base}/v1/streams/{sid}", headers=ACME).json()["pages"]:
+            break
+    r = requests.delete(f"{base}/v1/streams/{sid}", headers=ACME, timeout=30)
+    assert r.status_code == 200
+    assert r.json() == {"id": sid, "cancelled": True, "pages_held": 0}
+    st = requests.get(f"{base}/v1/streams/{sid}", headers=ACME).json()
+    assert st["state"] == "cancelled" and st["pages"] == {} and st["end_reason"] == "cancelled"
+    ended = sse_events(base, sid)[-1]
+    assert ended[0] == "end" and ended[1]["reason"] == "cancelled"
+
+
+def test_disconnect_keeps_stream_unless_asked(base):
+    keep = create(base, frames=240).json()["id"]
+    drop = create(base, frames=240).json()["id"]
+    for sid, flag in ((keep, "false"), (drop, "true")):
+        r = requests.get(
+            f"{base}/v1/streams/{sid}/frames",
+            params={"format": "sse", "cancel_on_disconnect": flag},
+            headers=ACME,
+            stream=True,
+            timeout=60,
+        )
+        next(r.iter_lines())  # the first frame arrived: now hang up
+        r.close()
+    wait_state(base, drop, {"cancelled"})
+    assert requests.get(f"{base}/v1/streams/{keep}", headers=ACME).json()["state"] != "cancelled"
+    requests.delete(f"{base}/v1/streams/{keep}", headers=ACME)
+
+
+def test_other_tenant_gets_404_everywhere(base):
+    sid = create(base).json()["id"]
+    for method, path, body in (
+        ("get", "", None),
+        ("get", "/frames", None),
+        ("get", "/video.mp4", None),
+        ("post", "/actions", {"prompt": "x"}),
+        ("delete", "", None),
+    ):
+        r = requests.request(method, f"{base}/v1/streams/{sid}{path}", json=body, headers=GLOBEX)
+        assert r.status_code == 404, (method, path, r.text)
+        assert r.json()["error"]["field"] == "stream_id"
+    assert requests.get(f"{base}/v1/streams/{sid}", headers=ACME).status_code == 200
+
+
+@pytest.mark.parametrize("sid", ["nope", "abc-1", "zzzzzzzz-999999", "a-b-c", "-1"])
+def test_unknown_stream_404(base, sid):
+    r = requests.get(f"{base}/v1/streams/{sid}", headers=ACME)
+    assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
+
+
+@pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer wrong"}, {"X-API-Key": ""}])
+def test_missing_or_bad_key_401(base, headers):
+    r = requests.post(f"{base}/v1/streams", json={"prompt": "x"}, headers=headers)
+    assert r.status_code == 401 and r.json()["error"]["field"] == "authorization"
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"frames": 12}, "prompt"),
+        ({"prompt": ""}, "prompt"),
+        ({"prompt": "x" * 2001}, "prompt"),
+        ({"prompt": "x", "frames": 0}, "frames"),
+        ({"prompt": "x", "frames": "many"}, "frames"),
+        ({"prompt": "x", "frames": 100_000}, "frames"),
+        ({"prompt": "x", "seed": -1}, "seed"),
+        ({"prompt": "x", "priority": "urgent"}, "priority"),
+        ({"prompt": "x", "target_fps": 0}, "target_fps"),
+        ({"prompt": "x", "colour": "red"}, "colour"),
+        ([1, 2], "body"),
+    ],
+)
+def test_bad_create_bodies_name_the_field(base, body, field):
+    r = requests.post(f"{base}/v1/streams", json=body, headers=ACME)
+    assert r.status_code == 422, r.text
+    assert r.json()["error"]["field"] == field
+
+
+def test_malformed_json_400(base):
+    r = requests.post(
+        f"{base}/v1/streams",
+        data=b"{not json",
+        headers={**ACME, "Content-Type": "application/json"},
+    )
+    assert r.status_code == 400 and r.json()["error"]["field"] == "body"
+
+
+def test_bad_query_params_422(base):
+    sid = create(base).json()["id"]
+    for params, field in (
+        ({"format": "gif"}, "format"),
+        ({"start": -1}, "start"),
+        ({"cancel_on_disconnect": "maybe"}, "cancel_on_disconnect"),
+    ):
+        r = requests.get(f"{base}/v1/streams/{sid}/frames", params=params, headers=ACME)
+        assert r.status_code == 422 and r.json()["error"]["field"] == field
+
+
+@pytest.mark.parametrize("chunked", [False, True])
+def test_oversized_body_413(base, chunked):
+    big = b'{"prompt": "' + b"x" * (70 << 10) + b'"}'
+    data = iter([big]) if chunked else big
+    r = requests.post(
+        f"{base}/v1/streams", data=data, headers={**ACME, "Content-Type": "application/json"}
+    )
+    assert r.status_code == 413 and r.json()["error"]["field"] == "body"
+
+
+def test_wrong_method_is_4xx_json(base):
+    r = requests.put(f"{base}/v1/streams", json={}, headers=ACME)
+    assert r.status_code == 405 and "error" in r.json()
+
+
+def test_health_capacity_openapi(base):
+    assert requests.get(f"{base}/v1/health").json()["status"] == "ok"
+    cap = requests.get(f"{base}/v1/capacity", headers=ACME).json()
+    assert cap["free_bytes"] > 0 and cap["streams_that_fit"] >= 1
+    spec = requests.get(f"{base}/openapi.json").json()
+    assert {
+        "/v1/streams",
+        "/v1/streams/{stream_id}",
+        "/v1/streams/{stream_id}/frames",
+        "/v1/streams/{stream_id}/video.mp4",
+        "/v1/streams/{stream_id}/actions",
+        "/v1/health",
+        "/v1/capacity",
+    } <= set(spec["paths"])
+
+
+def test_metrics_exposition_counts_frames_and_rejections(base):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    # self-contained (xdist may run this module's tests on two workers, two apps): make frames
+    sid = create(base, frames=3).json()["id"]
+    wait_state(base, sid, ("finished",))
+    create(base, headers={"Authorization": "Bearer wrong"})
+    text = requests.get(f"{base}/metrics").text
+    fams = {f.name: f for f in text_string_to_metric_families(text)}
+    from qvg_serve.metrics import METRIC_NAMES
+
+    exposed = {f.name for f in fams.values()}
+    for name in METRIC_NAMES:
+        assert name.removesuffix("_total") in exposed, name
+    frames = sum(s.value for s in fams["qvg_frames_generated"].samples if s.name.endswith("_total"))
+    assert frames > 0
+    unauthorized = [
+        s.value
+        for s in fams["qvg_requests_rejected"].samples
+        if s.labels.get("reason") == "unauthorized" and s.name.endswith("_total")
+    ]
+    assert unauthorized and unauthorized[0] >= 1
+
+
+@pytest.mark.parametrize("prompt", ["   ", "!!!", "\u00e9\u00e8"])
+def test_prompt_without_words_422(base, prompt):
+    r = create(base, prompt=prompt)
+    assert r.status_code == 422 and r.json()["error"]["field"] == "prompt"
+    sid = create(base, frames=240).json()["id"]
+    r = requests.post(f"{base}/v1/streams/{sid}/actions", json={"prompt": prompt}, headers=ACME)
+    assert r.status_code == 422 and r.json()["error"]["field"] == "prompt"
+    requests.delete(f"{base}/v1/streams/{sid}", headers=ACME)
