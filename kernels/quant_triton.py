@@ -10,9 +10,8 @@ Per (row, block of BLOCK_S tokens), for each group of G channels (static loop ov
     codes = nearest level, packed 8/bits per byte, little end first
 
 fp8 scales need the row's scale-of-scales first: `_peak_kernel` (pass 1) writes each program's
-largest group scale, torch reduces them per row. Rounding to the scale dtype is done by
-`round_to` (round-to-nearest-even in fp32 arithmetic) because the Triton interpreter truncates
-fp32 -> bf16/fp8 casts; the rounded value then converts exactly on every backend.
+largest group scale, torch reduces them per row. Rounding to the scale dtype and the scale
+search live in `kernels.scale_triton`.
 """
 
 from __future__ import annotations
@@ -25,12 +24,8 @@ import triton.language as tl
 
 from .groupquant_ref import FP8_MAX, search_alphas
 from .hadamard import hadamard
+from .scale_triton import FORMAT, _quant_sym, _search, _store_scale
 from .spec import QuantSpec, ScaleDtype
-
-# (mantissa bits, smallest normal exponent) of each scale dtype, for round_to. bf16's true
-# minimum (-126) is raised to -119 to keep the ulp a normal fp32; scales below 2^-119 round
-# coarser than bf16 would (never met: fp32 K/V values are far larger).
-_FORMAT = {ScaleDtype.FP8: (3, -6), ScaleDtype.FP16: (10, -14), ScaleDtype.BF16: (7, -119)}
 
 
 class Quantized(NamedTuple):
@@ -38,26 +33,6 @@ class Quantized(NamedTuple):
     scales: torch.Tensor  # scale dtype [R, S, D/G]
     zeros: torch.Tensor | None  # scale dtype [R, S, D/G] (asymmetric only)
     scale_of_scales: torch.Tensor | None  # fp32 [R] (fp8 scales only)
-
-
-@triton.jit
-def round_to(v, MANT: tl.constexpr, EMIN: tl.constexpr):
-    """fp32 v rounded (nearest, ties to even) to MANT mantissa bits, subnormal below 2^EMIN."""
-    e = ((v.to(tl.int32, bitcast=True) >> 23) & 0xFF) - 127
-    e = tl.maximum(e, EMIN) - MANT  # exponent of one ulp of the target format
-    ulp = ((e + 127) << 23).to(tl.float32, bitcast=True)
-    inv = ((127 - e) << 23).to(tl.float32, bitcast=True)
-    return ((v * inv + 12582912.0) - 12582912.0) * ulp  # 1.5*2^23 rounds |a| < 2^22 to even
-
-
-@triton.jit
-def _store_scale(s, sos, HAS_SOS: tl.constexpr, MANT: tl.constexpr, EMIN: tl.constexpr):
-    """(stored value, fp32 value decode will use): groupquant_ref.store_scale / load_scale."""
-    if HAS_SOS:
-        st = round_to(tl.minimum(tl.maximum(tl.math.div_rn(s, sos), -448.0), 448.0), MANT, EMIN)
-        return st, st * sos
-    st = round_to(s, MANT, EMIN)
-    return st, st
 
 
 @triton.jit
@@ -236,74 +211,6 @@ def _quant_kernel(
 
 
 @triton.jit
-def _search(
-    y,
-    s0,
-    grid,
-    alpha_ptr,
-    N_ALPHA,
-    sos,
-    HAS_SOS: tl.constexpr,
-    MANT: tl.constexpr,
-    EMIN: tl.constexpr,
-    LEVELS: tl.constexpr,
-    EXACT: tl.constexpr,
-):
-    """Least-error candidate scale of each row of y [BLOCK_S, G]: (stored, fp32 value, near).
-
-    Candidates in the reference's order, strictly smaller error wins (first wins ties). Errors
-    are sum((y - (q - (L-1)/2) * s)^2): each fp32 square (the reference's) is rounded to the
-    row's fixed-point `grid` and summed exactly in fp64, so the ranking does not depend on the
-    launch config (reduction order).
-    EXACT: levels by IEEE division (as the reference). Otherwise by y * (1/s) (one division per
-    row instead of per value); `near` (int32 [BLOCK_S]) is 1 where a value lands within 2^-16 of
-    a level boundary, the only place the two can differ (|error| <= 3 ulp of y/s), so the
-    result equals the exact search wherever no row of the block is flagged.
-    """
-    best_err = tl.full((y.shape[0],), float("inf"), tl.float64)
-    best_st = tl.zeros((y.shape[0],), tl.float32)
-    best_s = tl.zeros((y.shape[0],), tl.float32)
-    near = tl.zeros(y.shape, tl.int32)
-    for i in range(N_ALPHA):  # first candidate wins ties, as in the reference
-        st, s = _store_scale(s0 * tl.load(alpha_ptr + i), sos, HAS_SOS, MANT, EMIN)
-        if EXACT:
-            q = _quant_sym(y, s, LEVELS)
-        else:
-            safe = tl.where(s > 0, s, 1.0)
-            z = y * tl.math.div_rn(1.0, safe)[:, None] + LEVELS / 2
-            q = tl.floor(z)
-            f = z - q
-            hit = ((f < 1.0 / 65536) | (f > 1.0 - 1.0 / 65536)) & (z > 0.5) & (z < LEVELS - 0.5)
-            near |= (hit & (y != 0.0) & (s[:, None] > 0)).to(tl.int32)
-            q = tl.minimum(tl.maximum(q, 0.0), LEVELS - 1.0)
-            q = tl.where(s[:, None] > 0, q, LEVELS // 2)
-        d = y - (q - (LEVELS - 1) / 2) * s[:, None]
-        t = (d * d).to(tl.float64) * grid[:, None]  # the reference's fp32 square, exact scaling
-        t = (t + 6755399441055744.0) - 6755399441055744.0  # 1.5 * 2^52: round to an integer
-        err = tl.sum(t, axis=1)
-        better = (err < best_err) | (i == 0)
-        best_err = tl.where(better, err, best_err)
-        best_st = tl.where(better, st, best_st)
-        best_s = tl.where(better, s, best_s)
-    return best_st, best_s, tl.max(near, axis=1)
-
-
-@triton.jit
-def _quant_sym(y, s, LEVELS: tl.constexpr):
-    """groupquant_ref.quantize_sym as fp32 levels [BLOCK_S, G]; s [BLOCK_S] (0 -> mid code)."""
-    safe = tl.where(s > 0, s, 1.0)
-    q = tl.floor(tl.math.div_rn(y, safe[:, None]) + LEVELS / 2)
-    q = tl.minimum(tl.maximum(q, 0.0), LEVELS - 1.0)
-    return tl.where(s[:, None] > 0, q, LEVELS // 2)
-
-
-@triton.jit
-def _sq_err(y, q, s, LEVELS: tl.constexpr):
-    d = y - (q - (LEVELS - 1) / 2) * s[:, None]
-    return d * d
-
-
-@triton.jit
 def _pack_store(
     codes_ptr,
     q,
@@ -381,7 +288,7 @@ def quantize(
     scales = torch.empty(r, s, d // g, dtype=sdt, device=x.device)
     zeros = None if spec.symmetric else torch.empty_like(scales)
     alphas = search_alphas(spec, x.device).to(torch.float32) if spec.symmetric else h
-    mant, emin = _FORMAT[spec.scale_dtype]
+    mant, emin = FORMAT[spec.scale_dtype]
     _quant_kernel[grid](
         x,
         cen,

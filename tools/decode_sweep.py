@@ -147,7 +147,8 @@ def sweep_rot(x: torch.Tensor) -> None:
         c2 = torch.stack([t2[f"centroids.{i}"] for i in range(ks.stages)])
         i2 = torch.stack([t2[f"ids.{i}"] for i in range(ks.stages)])
         for rot in ("dot", "dot_i8", "fwht", "fwht_sum"):
-            got = decode_triton.decode(
+            run = functools.partial(
+                decode_triton.decode,
                 t2["codes"],
                 t2["scales"],
                 None,
@@ -157,22 +158,8 @@ def sweep_rot(x: torch.Tensor) -> None:
                 e2.spec.quant,
                 rot=rot,
             )
-            us = (
-                bench_ms(
-                    functools.partial(
-                        decode_triton.decode,
-                        t2["codes"],
-                        t2["scales"],
-                        None,
-                        t2.get("scale_of_scales"),
-                        c2,
-                        i2,
-                        e2.spec.quant,
-                        rot=rot,
-                    )
-                )
-                * 1e3
-            )
+            got = run()
+            us = bench_ms(run) * 1e3
             print(
                 f"{name} rot {rot:8s} max|err| {float((got.float() - w2).abs().max()):.2e} "
                 f"{us:6.1f} us (small shape)",

@@ -10,6 +10,7 @@ from conftest import tol
 
 from kernels import groupquant_ref as gq
 from kernels import quant_triton as qt
+from kernels import scale_triton as st
 from kernels.hadamard import rotate_groups
 from kernels.spec import QuantSpec, ScaleDtype
 
@@ -110,7 +111,7 @@ def test_quantize_edge_cases_bit_exact(case):
 @triton.jit
 def _round_kernel(x_ptr, y_ptr, N: tl.constexpr, MANT: tl.constexpr, EMIN: tl.constexpr):
     offs = tl.arange(0, N)
-    tl.store(y_ptr + offs, qt.round_to(tl.load(x_ptr + offs), MANT, EMIN))
+    tl.store(y_ptr + offs, st.round_to(tl.load(x_ptr + offs), MANT, EMIN))
 
 
 @pytest.mark.parametrize("dtype", [ScaleDtype.FP8, ScaleDtype.FP16, ScaleDtype.BF16])
@@ -123,7 +124,7 @@ def test_round_to_matches_torch_cast(dtype):
         x = torch.cat([x.clamp(-448, 448), allv, (allv[1:] + allv[:-1]) / 2])
         x = torch.cat([x, torch.zeros(2048 - x.numel())])
     y = torch.empty_like(x)
-    mant, emin = qt._FORMAT[dtype]
+    mant, emin = st.FORMAT[dtype]
     _round_kernel[(1,)](x, y, N=x.numel(), MANT=mant, EMIN=emin)
     assert torch.equal(y, x.to(dtype.torch_dtype).float())
 
