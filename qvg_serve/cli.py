@@ -23,7 +23,7 @@ BENCHES: dict[str, tuple[str, str]] = {
 # command -> (module under qvg_serve, one-line help); modules declare their own arguments.
 COMMANDS: dict[str, tuple[str, str]] = {
     "generate": ("generate", "offline generation (no Ray): one MP4 per prompt, all batched"),
-    "serve": ("serve_cli", "run the Ray Serve app (HTTP API under /v1) until Ctrl-C"),
+    "serve": ("serve.cli", "run the Ray Serve app (HTTP API under /v1) until Ctrl-C"),
     "demo": ("demo", "local Ray, tiny model, N streams over HTTP: MP4s + KV memory report"),
 }
 

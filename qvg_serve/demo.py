@@ -11,7 +11,7 @@ import threading
 import time
 from pathlib import Path
 
-from .plot import write_line_plot
+from qvg_serve.bench.plot import write_line_plot
 
 # Captions in the tiny model's vocabulary (qvg_serve/tiny/data.py): what it was trained on.
 PROMPTS = (
@@ -64,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     logging.getLogger("ray").setLevel(logging.ERROR)
-    from .serve_cli import start, stop
+    from qvg_serve.serve.cli import start, stop
 
     port = args.port or _free_port()
     print(f"qvg-serve demo: starting local Ray + the tiny model on :{port} ...", file=sys.stderr)

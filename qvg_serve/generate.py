@@ -11,12 +11,11 @@ from pathlib import Path
 
 import torch
 
+from qvg_serve.engine.config import EngineConfig
+from qvg_serve.engine.engine import Engine
+from qvg_serve.engine.runtime import load_runtime
+from qvg_serve.serve.video import write_mp4
 from scheduler.config import SchedulerConfig
-
-from .engine import Engine
-from .engine_config import EngineConfig
-from .runtime import load_runtime
-from .video import write_mp4
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

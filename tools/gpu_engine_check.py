@@ -18,8 +18,8 @@ from pathlib import Path
 
 import torch
 
-from qvg_serve.engine import Engine
-from qvg_serve.engine_config import EngineConfig
+from qvg_serve.engine.config import EngineConfig
+from qvg_serve.engine.engine import Engine
 from qvg_serve.models import build_model, get_preset
 from scheduler.config import SchedulerConfig
 

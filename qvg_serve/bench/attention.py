@@ -16,12 +16,17 @@ import sys
 
 import torch
 
+from qvg_serve.bench.codec import timed
+from qvg_serve.engine import kv_format as kf
+from qvg_serve.engine.kv_pool import KVPool, pool_layout
+from qvg_serve.engine.paged_attention import (
+    StreamChunk,
+    Workspace,
+    batch_attention,
+    rope_1d,
+    xformers_ops,
+)
 from scheduler.pages import PageAllocator
-
-from .. import kv_format as kf
-from ..kv_pool import KVPool, pool_layout
-from ..paged_attention import StreamChunk, Workspace, batch_attention, rope_1d, xformers_ops
-from .codec import timed
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

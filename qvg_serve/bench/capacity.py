@@ -11,10 +11,9 @@ from __future__ import annotations
 import argparse
 import json
 
+from qvg_serve.engine import kv_format as kf
+from qvg_serve.engine.kv_pool import pool_layout
 from scheduler.pages import PoolLayout, codebook_kind
-
-from .. import kv_format as kf
-from ..kv_pool import pool_layout
 
 GIB = 1 << 30
 MODELS = {

@@ -23,8 +23,7 @@ import torch
 
 from kernels import codec
 from kernels.spec import Method, get_spec
-
-from . import official
+from qvg_serve.bench import official
 
 DEFAULT_CODECS = (
     "bf16",
@@ -201,7 +200,7 @@ def _kv(args: argparse.Namespace, device: torch.device) -> dict:
     if args.kv is not None:
         k, v = load_kv(args.kv)
     else:
-        from .videokv import video_like_kv
+        from qvg_serve.bench.videokv import video_like_kv
 
         k, v = video_like_kv(args.frames, tuple(args.grid), args.heads, args.head_dim)
     # The cache holds bf16: every codec (and the official) sees the same bf16 tensors.

@@ -19,14 +19,13 @@ import time
 
 import torch
 
+from qvg_serve.engine import kv_format as kf
+from qvg_serve.engine.kv_pool import KVPool, pool_layout
+from qvg_serve.engine.paged_attention import Workspace
+from qvg_serve.engine.paged_context import Entry, PagedContext
+from qvg_serve.models import build_model, get_preset
+from qvg_serve.models.base import ChunkInput, chunk_positions
 from scheduler.pages import PageAllocator, codebook_kind
-
-from .. import kv_format as kf
-from ..kv_pool import KVPool, pool_layout
-from ..model import ChunkInput, chunk_positions
-from ..models import build_model, get_preset
-from ..paged_attention import Workspace
-from ..paged_context import Entry, PagedContext
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -29,12 +29,11 @@ import numpy as np
 import torch
 
 from kernels import codec
-
-from .. import sampler
-from ..engine import SHIFT, codec_specs
-from ..engine_config import EngineConfig
-from ..model import ChunkInput
-from ..models.dense_context import DenseContext, DenseKV
+from qvg_serve.engine import sampler
+from qvg_serve.engine.config import EngineConfig
+from qvg_serve.engine.engine import SHIFT, codec_specs
+from qvg_serve.models.base import ChunkInput
+from qvg_serve.models.dense_context import DenseContext, DenseKV
 
 CODECS = (
     "bf16", "fp8", "rtn-int2", "rtn-int4", "kivi-int2", "kivi-int4", "quarot-int2",
@@ -259,7 +258,7 @@ def table(rows: list[dict]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..runtime import load_runtime
+    from qvg_serve.engine.runtime import load_runtime
 
     def log(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)

@@ -30,7 +30,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def one_stream(base: str, frames: int, seed: int) -> dict:
     import requests
 
-    from qvg_serve.frames import parse_sse
+    from qvg_serve.serve.frames import parse_sse
 
     t0 = time.perf_counter()
     r = requests.post(
@@ -89,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
     levels = [int(x) for x in args.streams.split(",") if x.strip()]
     if args.url:
         return _report([level(args.url.rstrip("/"), n, args.frames) for n in levels], args)
-    from qvg_serve.serve_cli import start, stop
+    from qvg_serve.serve.cli import start, stop
 
     cfg = {
         "engine": {"model": "tiny", "device": args.device,

@@ -1,13 +1,18 @@
-"""Model adapters behind `qvg_serve.model.VideoModel`: the chunk-causal Wan2.1 DiT
+"""Model adapters behind `qvg_serve.models.base.VideoModel`: the chunk-causal Wan2.1 DiT
 (Self-Forcing / CausVid), its checkpoint loader, a dense-cache reference context and the
 text / decoder hooks."""
 
-from .causal_wan import CausalWan, build_model, init_weights, num_parameters
-from .dense_context import DenseContext, DenseKV
-from .hooks import Decoder, LatentPreview, TextEncoder
-from .loader import check_state_dict, load_checkpoint, load_into, load_state_dict_file
-from .presets import PRESETS, SELF_FORCING_1_3B, TINY, TINY_TEST, get_preset
-from .text import HashedWordEncoder
+from qvg_serve.models.causal_wan import CausalWan, build_model, init_weights, num_parameters
+from qvg_serve.models.dense_context import DenseContext, DenseKV
+from qvg_serve.models.hooks import Decoder, LatentPreview, TextEncoder
+from qvg_serve.models.loader import (
+    check_state_dict,
+    load_checkpoint,
+    load_into,
+    load_state_dict_file,
+)
+from qvg_serve.models.presets import PRESETS, SELF_FORCING_1_3B, TINY, TINY_TEST, get_preset
+from qvg_serve.models.text import HashedWordEncoder
 
 __all__ = [
     "PRESETS",

@@ -26,8 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..model import AttentionContext, ChunkInput, ModelConfig
-from .wan_blocks import (
+from qvg_serve.models.base import AttentionContext, ChunkInput, ModelConfig
+from qvg_serve.models.wan_blocks import (
     Segments,
     WanBlock,
     WanHead,
@@ -40,7 +40,7 @@ from .wan_blocks import (
 
 
 class CausalWan(nn.Module):
-    """Wan2.1 T2V backbone behind the `VideoModel` protocol (see `qvg_serve.model`)."""
+    """Wan2.1 T2V backbone behind the `VideoModel` protocol (see `qvg_serve.models.base`)."""
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()

@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..model import ChunkInput, VideoModel
-from .wan_blocks import sdpa
+from qvg_serve.models.base import ChunkInput, VideoModel
+from qvg_serve.models.wan_blocks import sdpa
 
 
 @dataclass

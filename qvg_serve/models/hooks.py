@@ -12,7 +12,7 @@ from typing import Protocol
 import torch
 import torch.nn.functional as F
 
-from ..model import ModelConfig
+from qvg_serve.models.base import ModelConfig
 
 
 class TextEncoder(Protocol):

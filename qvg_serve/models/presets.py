@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..model import ModelConfig
+from qvg_serve.models.base import ModelConfig
 
 SELF_FORCING_1_3B = ModelConfig(
     name="self-forcing-1.3b",

@@ -21,13 +21,20 @@ from pathlib import Path
 
 import torch
 
-from .. import sampler
-from ..model import ChunkInput
-from ..models import TINY, DenseContext, DenseKV, HashedWordEncoder, build_model, load_checkpoint
-from ..models.pixel_ae import PixelAE
-from ..runtime import shipped_weights
-from . import data
-from .train import EVAL_SEED_BASE, SHIFT_T
+from qvg_serve.engine import sampler
+from qvg_serve.engine.runtime import shipped_weights
+from qvg_serve.models import (
+    TINY,
+    DenseContext,
+    DenseKV,
+    HashedWordEncoder,
+    build_model,
+    load_checkpoint,
+)
+from qvg_serve.models.base import ChunkInput
+from qvg_serve.models.pixel_ae import PixelAE
+from qvg_serve.tiny import data
+from qvg_serve.tiny.train import EVAL_SEED_BASE, SHIFT_T
 
 PROMPTS = (
     "a red star moving right on black",
@@ -121,7 +128,7 @@ def _spec_for(prompt: str) -> data.ClipSpec:
 def write_media(videos: list, out: Path, fps: float = 8.0) -> None:
     from PIL import Image
 
-    from ..video import write_mp4
+    from qvg_serve.serve.video import write_mp4
 
     strip = torch.cat([torch.cat(list(v[::10][:8]), 1) for v in videos], 0)
     Image.fromarray(strip.numpy()).save(out / "tiny_samples.png")

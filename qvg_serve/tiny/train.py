@@ -9,7 +9,7 @@ with (tests/qvg_serve/test_causal_wan.py checks it equals chunk-by-chunk generat
     noisy i (own t_i)                sees clean <  i  and itself
 
 Each noisy chunk draws its own timestep (half from the 4 inference timesteps, half uniform
-in [0, 1000]), noise level sigma(t) with shift 5 as `qvg_serve.sampler`; the loss is the MSE
+in [0, 1000]), noise level sigma(t) with shift 5 as `qvg_serve.engine.sampler`; the loss is the MSE
 of the predicted flow against v = noise - x0. Clean context is lightly noised at random
 (still labelled t = 0) so the model tolerates its own imperfect chunks at inference.
 
@@ -28,11 +28,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ..model import ChunkInput, chunk_positions
-from ..models import TINY, HashedWordEncoder, build_model
-from ..models.pixel_ae import SCALE, SHIFT, PixelAE
-from ..sampler import sigma
-from . import data
+from qvg_serve.engine.sampler import sigma
+from qvg_serve.models import TINY, HashedWordEncoder, build_model
+from qvg_serve.models.base import ChunkInput, chunk_positions
+from qvg_serve.models.pixel_ae import SCALE, SHIFT, PixelAE
+from qvg_serve.tiny import data
 
 SHIFT_T = 5.0
 """Timestep shift (the engine's `SHIFT`)."""

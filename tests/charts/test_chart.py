@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from qvg_serve.config import AppConfig
+from qvg_serve.serve.config import AppConfig
 
 # The test extra installs it wherever a wheel exists (Linux x86_64, as in CI).
 helm = pytest.importorskip("helm_python", reason="helm-python-sdk has wheels for Linux x86_64 only")
@@ -100,7 +100,7 @@ def test_worker_group_gpu_limit_matches_replica_gpus(rendered):
 def test_serve_config_args_are_the_app_config(rendered):
     docs, _ = rendered
     (app,) = serve_config(docs)["applications"]
-    assert app["import_path"] == "qvg_serve.app:build_app"
+    assert app["import_path"] == "qvg_serve.serve.app:build_app"
     assert app["route_prefix"].startswith("/")
     cfg = AppConfig.from_args(app["args"])  # raises, naming the field, if the chart drifts
     cfg.engine_config(), cfg.scheduler_config()

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from qvg_serve.metrics import METRIC_NAMES, describe
+from qvg_serve.serve.metrics import METRIC_NAMES, describe
 
 DASHBOARD = (
     Path(__file__).resolve().parents[2] / "charts" / "qvg-serve" / "dashboards" / "qvg-serve.json"
@@ -76,7 +76,9 @@ def test_every_queried_metric_exists(dashboard):
     used = set().union(*(metric_names(e) for e in exprs(dashboard)))
     assert used, "no qvg_ metric queried"
     unknown = used - set(METRIC_NAMES)
-    assert not unknown, f"dashboard queries metrics qvg_serve.metrics does not define: {unknown}"
+    assert not unknown, (
+        f"dashboard queries metrics qvg_serve.serve.metrics does not define: {unknown}"
+    )
 
 
 def test_dashboard_covers_the_required_views(dashboard):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from qvg_serve import kv_format as kf
+from qvg_serve.engine import kv_format as kf
 from qvg_serve.bench.capacity import MODELS, frames_fit
 from qvg_serve.cli import main
 

@@ -11,7 +11,6 @@ import torch
 import torch.nn.functional as F
 from conftest import tol
 
-from qvg_serve.model import ChunkInput, chunk_positions
 from qvg_serve.models import (
     PRESETS,
     SELF_FORCING_1_3B,
@@ -23,6 +22,7 @@ from qvg_serve.models import (
     get_preset,
     num_parameters,
 )
+from qvg_serve.models.base import ChunkInput, chunk_positions
 from qvg_serve.models.wan_blocks import patchify, unpatchify
 
 CFG = TINY_TEST

@@ -8,8 +8,8 @@ import json
 import pytest
 from pydantic import ValidationError
 
-from qvg_serve.config import AppConfig, EngineSettings, SchedulerSettings, parse_api_keys
-from qvg_serve.engine_config import EngineConfig
+from qvg_serve.engine.config import EngineConfig
+from qvg_serve.serve.config import AppConfig, EngineSettings, SchedulerSettings, parse_api_keys
 from scheduler.config import Priority, SchedulerConfig, TenantConfig
 
 

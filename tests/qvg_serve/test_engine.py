@@ -7,11 +7,11 @@ import dataclasses
 import pytest
 import torch
 
-from qvg_serve import sampler
-from qvg_serve.engine import SHIFT, Engine
-from qvg_serve.engine_config import EngineConfig
-from qvg_serve.model import ChunkInput
+from qvg_serve.engine import sampler
+from qvg_serve.engine.config import EngineConfig
+from qvg_serve.engine.engine import SHIFT, Engine
 from qvg_serve.models import TINY_TEST, DenseContext, DenseKV, build_model
+from qvg_serve.models.base import ChunkInput
 from scheduler.config import SchedulerConfig
 
 # head_dim 64 so QVG groups fit; 5 x 7 = 35 tokens per frame (not a power of two)

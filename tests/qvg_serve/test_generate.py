@@ -8,7 +8,7 @@ import torch
 from qvg_serve.cli import main
 from qvg_serve.generate import chunks_for
 from qvg_serve.models import HashedWordEncoder
-from qvg_serve.video import read_mp4_frames, write_mp4
+from qvg_serve.serve.video import read_mp4_frames, write_mp4
 
 
 def test_generate_writes_one_playable_mp4_per_prompt(tmp_path, capsys):

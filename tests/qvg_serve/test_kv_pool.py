@@ -9,8 +9,8 @@ import torch
 
 from kernels import codec
 from kernels.spec import get_spec
-from qvg_serve import kv_format as kf
-from qvg_serve.kv_pool import KVPool, pool_layout
+from qvg_serve.engine import kv_format as kf
+from qvg_serve.engine.kv_pool import KVPool, pool_layout
 from scheduler.pages import OutOfPages, PageAllocator
 
 KV = kf.KVShape(layers=2, heads=2, head_dim=64, page_tokens=12)

@@ -10,7 +10,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
-from qvg_serve.metrics import METRIC_NAMES, REJECT_REASONS, STATES, Metrics, describe
+from qvg_serve.serve.metrics import METRIC_NAMES, REJECT_REASONS, STATES, Metrics, describe
 from scheduler.config import RUNGS
 
 UNIT_SUFFIXES = ("_seconds", "_bytes", "_ratio", "_total", "_streams", "_pages")

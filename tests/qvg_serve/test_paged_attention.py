@@ -8,8 +8,8 @@ from conftest import tol
 from test_kv_pool import SPECS, chunk, make_pool, scattered
 
 from kernels import codec
-from qvg_serve.kv_pool import KVPool
-from qvg_serve.paged_attention import StreamChunk, Workspace, batch_attention, rope_1d
+from qvg_serve.engine.kv_pool import KVPool
+from qvg_serve.engine.paged_attention import StreamChunk, Workspace, batch_attention, rope_1d
 
 H, D, T = 2, 64, 12
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from qvg_serve.engine.runtime import shipped_weights
 from qvg_serve.models import TINY, build_model, load_checkpoint
 from qvg_serve.models.pixel_ae import PixelAE
-from qvg_serve.runtime import shipped_weights
 from qvg_serve.tiny import data, train
 
 

@@ -53,7 +53,7 @@ class Serving:
             raise
 
     def deploy(self, name: str, prefix: str, **extra) -> str:
-        from qvg_serve.app import build_app
+        from qvg_serve.serve.app import build_app
 
         serve.run(build_app(merged(extra)), name=name, route_prefix=prefix)
         base = f"http://127.0.0.1:{self.port}{prefix.rstrip('/')}"
@@ -91,7 +91,7 @@ def create(base: str, headers=ACME, **body) -> requests.Response:
 
 
 def sse_events(base: str, sid: str, headers=ACME, **params) -> list[tuple[str, dict]]:
-    from qvg_serve.frames import parse_sse
+    from qvg_serve.serve.frames import parse_sse
 
     params["format"] = "sse"
     r = requests.get(

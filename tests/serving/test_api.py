@@ -8,7 +8,7 @@ import pytest
 import requests
 from conftest import ACME, GLOBEX, create, sse_events, wait_state
 
-from qvg_serve.frames import parse_mjpeg
+from qvg_serve.serve.frames import parse_mjpeg
 
 
 @pytest.fixture(scope="module")
@@ -242,7 +242,7 @@ def test_metrics_exposition_counts_frames_and_rejections(base):
     create(base, headers={"Authorization": "Bearer wrong"})
     text = requests.get(f"{base}/metrics").text
     fams = {f.name: f for f in text_string_to_metric_families(text)}
-    from qvg_serve.metrics import METRIC_NAMES
+    from qvg_serve.serve.metrics import METRIC_NAMES
 
     exposed = {f.name for f in fams.values()}
     for name in METRIC_NAMES:

@@ -9,7 +9,7 @@ import yaml
 
 pytest.importorskip("ray.serve")
 
-from qvg_serve.app import build_app  # noqa: E402
+from qvg_serve.serve.app import build_app  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -32,7 +32,7 @@ def test_bad_args_fail_naming_the_field(args, field):
 def test_serve_config_yaml_builds():
     doc = yaml.safe_load((ROOT / "serve_config.yaml").read_text())
     (app,) = doc["applications"]
-    assert app["import_path"] == "qvg_serve.app:build_app"
+    assert app["import_path"] == "qvg_serve.serve.app:build_app"
     built = build_app(app["args"])
     assert built is not None
     (dep,) = app["deployments"]

@@ -34,7 +34,7 @@ def test_demo_writes_videos_and_memory_report(tmp_path):
         env=env,
     )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
-    from qvg_serve.video import read_mp4_frames
+    from qvg_serve.serve.video import read_mp4_frames
 
     assert [read_mp4_frames(out / f"stream_{i:02d}.mp4") for i in range(2)] == [24, 24]
     report = json.loads((out / "memory.json").read_text())

@@ -25,10 +25,9 @@ import torch
 from kernels import codec
 from kernels.container import Encoded
 from kernels.spec import CodecSpec, get_spec
+from qvg_serve.engine import kv_format as kf
 from scheduler.layout import ALIGN_BYTES
 from scheduler.pages import PageAllocator, PageLoc, Plan, PoolLayout
-
-from . import kv_format as kf
 
 
 class Run(NamedTuple):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .engine import Engine
+from qvg_serve.engine.engine import Engine
 
 LADDER_EVENTS = ("encode", "reencode", "offload", "reload", "drop", "preempt", "restore")
 """History events the status reports as the stream's degraded/preempted history."""

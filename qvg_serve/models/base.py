@@ -23,7 +23,7 @@ from typing import NamedTuple, Protocol
 
 import torch
 
-from .kv_format import KVShape
+from qvg_serve.engine.kv_format import KVShape
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,18 +25,17 @@ from typing import NamedTuple
 import torch
 
 from kernels.spec import CodecSpec, get_spec
+from qvg_serve.engine import sampler
+from qvg_serve.engine.config import EngineConfig
+from qvg_serve.engine.kv_pool import KVPool, kv_budget_bytes, pool_layout
+from qvg_serve.engine.paged_attention import Workspace
+from qvg_serve.engine.paged_context import Entry, PagedContext
+from qvg_serve.models.base import ChunkInput, ModelConfig, VideoModel
 from scheduler.config import SchedulerConfig
 from scheduler.core import Scheduler
 from scheduler.output import COMMIT, DENOISE, Admission, BatchItem, StepResult
 from scheduler.pages import PageAllocator
 from scheduler.stream import StreamSpec
-
-from . import sampler
-from .engine_config import EngineConfig
-from .kv_pool import KVPool, kv_budget_bytes, pool_layout
-from .model import ChunkInput, ModelConfig, VideoModel
-from .paged_attention import Workspace
-from .paged_context import Entry, PagedContext
 
 SHIFT = 5.0
 """Flow-matching timestep shift (Wan2.1 / Self-Forcing use 5 at 480p)."""
@@ -283,7 +282,7 @@ class Engine:
 
     def _decode(self, latents: torch.Tensor) -> torch.Tensor:
         if self.decoder is None:
-            from .models.hooks import LatentPreview
+            from qvg_serve.models.hooks import LatentPreview
 
             self.decoder = LatentPreview(self.mc)
         return self.decoder.decode(latents)

@@ -12,8 +12,8 @@ from typing import NamedTuple
 
 import torch
 
-from .kv_pool import KVPool, ReadPlan
-from .paged_attention import Rope, StreamChunk, Workspace, batch_attention
+from qvg_serve.engine.kv_pool import KVPool, ReadPlan
+from qvg_serve.engine.paged_attention import Rope, StreamChunk, Workspace, batch_attention
 
 
 class Entry(NamedTuple):

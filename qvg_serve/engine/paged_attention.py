@@ -23,7 +23,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from .kv_pool import KVPool, ReadPlan
+from qvg_serve.engine.kv_pool import KVPool, ReadPlan
 
 Rope = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 """rope(x [tokens, H, D], positions int64 [tokens]) -> x rotated (same shape)."""

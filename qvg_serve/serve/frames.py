@@ -85,7 +85,7 @@ def mp4_from_jpegs(jpegs: list[bytes], fps: float) -> bytes:
     import numpy as np
     from PIL import Image
 
-    from .video import write_mp4
+    from qvg_serve.serve.video import write_mp4
 
     frames = torch.from_numpy(np.stack([np.asarray(Image.open(io.BytesIO(j))) for j in jpegs]))
     with tempfile.TemporaryDirectory() as tmp:

@@ -23,7 +23,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from qvg_serve.engine_config import EngineConfig
+from qvg_serve.engine.config import EngineConfig
 from scheduler.config import RUNGS, Priority, SchedulerConfig, TenantConfig
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")

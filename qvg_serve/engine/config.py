@@ -1,7 +1,7 @@
 """Engine configuration: which model, where the KV arena lives and how big it is.
 
 A frozen dataclass, so it can be built and checked without pydantic; the serving layer's one
-pydantic model (`qvg_serve.config`) builds it together with the scheduler's `SchedulerConfig`.
+pydantic model (`qvg_serve.serve.config`) builds it together with the scheduler's `SchedulerConfig`.
 """
 
 from __future__ import annotations

@@ -24,12 +24,11 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
+from qvg_serve.engine.engine import Chunk, Engine
+from qvg_serve.serve.metrics import Metrics
 from scheduler.config import RUNGS
 
-from .engine import Chunk, Engine
-from .metrics import Metrics
-
-log = logging.getLogger("qvg_serve.engine_loop")
+log = logging.getLogger("qvg_serve.serve.engine_loop")
 
 IDLE_WAIT_S = 0.5
 """How long an idle engine thread sleeps before rechecking (a command wakes it at once)."""

@@ -19,7 +19,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from .api_schema import (
+from qvg_serve.serve.config import AppConfig
+from qvg_serve.serve.frames import MJPEG_TYPE, SSE_TYPE
+from qvg_serve.serve.router import OWNER_KWARG
+from qvg_serve.serve.schema import (
     PRIORITIES,
     Action,
     ActionResult,
@@ -32,9 +35,6 @@ from .api_schema import (
     StreamStatus,
     StreamUrls,
 )
-from .config import AppConfig
-from .frames import MJPEG_TYPE, SSE_TYPE
-from .routing import OWNER_KWARG
 
 STREAM_ID = re.compile(r"^[A-Za-z0-9]{1,64}-[0-9]{1,18}$")
 ERRORS = {code: {"model": ErrorBody} for code in (400, 401, 404, 409, 413, 422, 429)}

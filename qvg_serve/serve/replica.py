@@ -15,10 +15,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from .config import AppConfig
-from .engine import Chunk, Engine
-from .engine_loop import EngineLoop
-from .frames import (
+from qvg_serve.engine.engine import Chunk, Engine
+from qvg_serve.serve.config import AppConfig
+from qvg_serve.serve.engine_loop import EngineLoop
+from qvg_serve.serve.frames import (
     encode_jpegs,
     jpeg_size,
     mjpeg_end,
@@ -27,9 +27,9 @@ from .frames import (
     sse_event,
     sse_frame,
 )
-from .metrics import Metrics
+from qvg_serve.serve.metrics import Metrics
 
-log = logging.getLogger("qvg_serve.replica")
+log = logging.getLogger("qvg_serve.serve.replica")
 
 FPS = 16.0
 """Playback rate of video.mp4 and the default real-time rate (Self-Forcing's 16 fps)."""
@@ -63,7 +63,7 @@ class EngineReplica:
     def __init__(self, args: dict[str, Any]) -> None:
         from ray import serve
 
-        from .runtime import load_runtime
+        from qvg_serve.engine.runtime import load_runtime
 
         self.cfg = AppConfig.from_args(args)
         cpus = self.cfg.deployment.ray_actor_options.num_cpus
@@ -89,7 +89,7 @@ class EngineReplica:
         _serve_metrics_port(self.cfg.server.metrics_port, self.metrics)
 
     def _frames_per_chunk(self) -> int:
-        from .models.hooks import LatentPreview
+        from qvg_serve.models.hooks import LatentPreview
 
         mc = self.engine.mc
         if self.engine.decoder is None:
@@ -205,7 +205,7 @@ class EngineReplica:
         }
 
     def _snapshot(self, sid: int) -> dict[str, Any]:  # engine thread
-        from .status import stream_snapshot
+        from qvg_serve.engine.views import stream_snapshot
 
         return stream_snapshot(self.engine, sid)
 
@@ -286,7 +286,7 @@ class EngineReplica:
         return rec.mp4
 
     async def capacity(self) -> dict[str, Any]:
-        from .status import capacity
+        from qvg_serve.engine.views import capacity
 
         return await self._run(capacity, self.engine, self.replica_id)
 

@@ -1,4 +1,4 @@
-"""The Ray Serve application: `serve run qvg_serve.app:build_app` (see serve_config.yaml).
+"""The Ray Serve application: `serve run qvg_serve.serve.app:build_app` (see serve_config.yaml).
 
     HTTP --> Serve proxy --> QVGIngress (FastAPI, CPU, stateless: auth, validation, errors)
                                   |  DeploymentHandle + StreamRouter (routing.py)
@@ -33,8 +33,8 @@ from pydantic import ValidationError
 from ray import serve
 from ray.serve.config import RequestRouterConfig
 
-from .config import AppConfig
-from .replica import EngineReplica
+from qvg_serve.serve.config import AppConfig
+from qvg_serve.serve.replica import EngineReplica
 
 INGRESS_NAME = "QVGIngress"
 INGRESS_MAX_ONGOING = 4096  # every open frames connection holds one; the ingress only relays
@@ -51,7 +51,7 @@ class QVGIngress:
         self.cfg, self.engine = AppConfig.from_args(args), engine
 
     def __serve_build_asgi_app__(self):
-        from .api import build_api
+        from qvg_serve.serve.api import build_api
 
         return build_api(self.cfg, self.engine)
 
@@ -63,7 +63,7 @@ def build_app(args: dict[str, Any] | None = None) -> serve.Application:
     except ValidationError as exc:
         raise ValueError(f"qvg-serve config (build_app args) is invalid:\n{exc}") from None
     plain = cfg.model_dump(mode="json")
-    router = RequestRouterConfig(request_router_class="qvg_serve.routing:StreamRouter")
+    router = RequestRouterConfig(request_router_class="qvg_serve.serve.router:StreamRouter")
     engine = serve.deployment(EngineReplica).options(
         **cfg.deployment.serve_options(),
         request_router_config=router,

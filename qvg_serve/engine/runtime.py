@@ -13,9 +13,9 @@ from typing import NamedTuple
 
 import torch
 
-from .engine_config import EngineConfig
-from .models import HashedWordEncoder, build_model, get_preset, load_checkpoint
-from .models.causal_wan import CausalWan
+from qvg_serve.engine.config import EngineConfig
+from qvg_serve.models import HashedWordEncoder, build_model, get_preset, load_checkpoint
+from qvg_serve.models.causal_wan import CausalWan
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 
@@ -32,10 +32,10 @@ def default_decoder(mc):
     """The tiny model's exact pixel autoencoder; for Wan latents (no VAE shipped) the
     documented false-colour latent preview."""
     if mc.name == "tiny":
-        from .models.pixel_ae import PixelAE
+        from qvg_serve.models.pixel_ae import PixelAE
 
         return PixelAE()
-    from .models.hooks import LatentPreview
+    from qvg_serve.models.hooks import LatentPreview
 
     return LatentPreview(mc)
 

@@ -44,8 +44,8 @@ def start(
     import ray
     from ray import serve
 
-    from .app import build_app
-    from .config import AppConfig
+    from qvg_serve.serve.app import build_app
+    from qvg_serve.serve.config import AppConfig
 
     server = dict(args_dict.get("server") or {})
     if host is not None:
