@@ -17,7 +17,7 @@ from qvg_serve.engine.config import EngineConfig
 from qvg_serve.models import HashedWordEncoder, build_model, get_preset, load_checkpoint
 from qvg_serve.models.causal_wan import CausalWan
 
-WEIGHTS_DIR = Path(__file__).parent / "weights"
+WEIGHTS_DIR = Path(__file__).parent.parent / "weights"  # qvg_serve/weights
 
 
 class Runtime(NamedTuple):
