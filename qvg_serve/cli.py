@@ -1,4 +1,4 @@
-"""The `qvg-serve` command line: `qvg-serve bench NAME ...` and, later, serving commands."""
+"""The `qvg-serve` command line: `generate`, `serve`, `demo` and `bench NAME ...`."""
 
 from __future__ import annotations
 
@@ -38,9 +38,8 @@ def _build_parser() -> argparse.ArgumentParser:
     benches = bench.add_subparsers(dest="bench", required=True)
     for name, (module, help_text) in BENCHES.items():
         sub = benches.add_parser(name, help=help_text, description=help_text, add_help=False)
-        sub.set_defaults(_module=module)
         # Arguments are declared by the module; import it lazily only for the chosen one.
-        sub.set_defaults(_needs_args=True)
+        sub.set_defaults(_module=module)
     return parser
 
 

@@ -69,14 +69,21 @@ def run(args: argparse.Namespace) -> int:
         ids.append(sid)
     frames = {sid: [] for sid in ids}
     total, t0 = n_chunks * len(ids), time.time()
+    ended: dict[int, str] = {}
     while engine.busy():
-        engine.step()
-        for sid in ids:
-            frames[sid].extend(c.frames for c in engine.take(sid))
+        report = engine.step()
+        for sid, chunk in report.chunks:
+            frames[sid].append(chunk.frames)
+        ended.update(report.ended)
         if not args.quiet:
             _progress(sum(len(f) for f in frames.values()), total, t0)
+    lost = {sid: why for sid, why in ended.items() if why != "completed"}
+    if lost:
+        print(f"qvg-serve generate: streams ended early: {lost}", file=sys.stderr)
     args.out.mkdir(parents=True, exist_ok=True)
     for i, sid in enumerate(ids):
+        if not frames[sid]:
+            continue
         video = torch.cat(frames[sid])[: args.frames]
         fps = args.fps or (8.0 if mc.frames_per_latent == 1 else 16.0)
         path = write_mp4(video, args.out / f"video_{i:02d}.mp4", fps)

@@ -38,16 +38,21 @@ def run(model, watermarks: tuple[float, float], label: str) -> dict:
     text = [torch.randn(mc.text_len, mc.text_dim, generator=gen) for _ in range(3)]
     ids = [eng.submit(text[0], chunks=3, seed=0)[0], eng.submit(text[1], chunks=2, seed=1)[0]]
     steps, batches, t0 = 0, [], time.perf_counter()
+    chunks: dict[int, int] = {}
+    ends: dict[int, str] = {}
     while eng.busy():
         rep = eng.step()
         steps += 1
         batches.append(rep.batch)
+        for sid, _ in rep.chunks:
+            chunks[sid] = chunks.get(sid, 0) + 1
+        ends.update(rep.ended)
         if steps == 2:
             ids.append(eng.submit(text[2], chunks=2, seed=2)[0])
     torch.cuda.synchronize()
     wall = time.perf_counter() - t0
-    chunks = {sid: len(eng.take(sid)) for sid in ids}
-    eng.alloc.check_invariants()
+    eng.check_invariants()
+    kv = eng.kv_stats()
     return {
         "run": label,
         "steps": steps,
@@ -55,9 +60,9 @@ def run(model, watermarks: tuple[float, float], label: str) -> dict:
         "wall_s": round(wall, 2),
         "s_per_step": round(wall / steps, 3),
         "chunks": chunks,
-        "ends": {sid: eng.status(sid).reason for sid in ids},
-        "ladder": dict(eng.scheduler.counters),
-        "pages_left": sum(eng.alloc.stats().pages.values()),
+        "ends": ends,
+        "ladder": kv.ladder,
+        "pages_left": sum(kv.pages.values()),
     }
 
 

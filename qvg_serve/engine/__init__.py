@@ -3,3 +3,21 @@
 Imports no Ray and no FastAPI (a test checks it in a fresh interpreter). `serve/` reaches the
 engine only through `Engine`'s public methods and the types named here.
 """
+
+from qvg_serve.engine.config import EngineConfig
+from qvg_serve.engine.engine import Engine
+from qvg_serve.engine.report import CancelResult, Chunk, KVStats, ModelFacts, StepReport, StepStats
+from qvg_serve.engine.runtime import Runtime, load_runtime
+
+__all__ = [
+    "CancelResult",
+    "Chunk",
+    "Engine",
+    "EngineConfig",
+    "KVStats",
+    "ModelFacts",
+    "Runtime",
+    "StepReport",
+    "StepStats",
+    "load_runtime",
+]

@@ -32,8 +32,9 @@ class EngineConfig:
     formats: tuple[str, ...] = FORMATS
     """Page formats the pool holds; the scheduler's early/deep formats must be among them."""
     centroids: int | None = None
-    """k-means centroids per span of the QVG formats; None = the presets' 256. Small models
-    with few tokens per span want fewer (a codebook costs C x head_dim x 2 bytes per head)."""
+    """k-means centroids per span of the QVG formats; None = a power of two near a quarter of a
+    page's tokens, within 8..256 (256 at Self-Forcing's 1,560 tokens per frame, 16 for the tiny
+    model's 96): a codebook costs C x head_dim x 2 bytes per head, so small pages want fewer."""
     max_batch_kv_tokens: int | None = None
     """Per-layer attention workspace (tokens); None = enough for max_batch_streams streams of
     max history (derived from the arena size)."""

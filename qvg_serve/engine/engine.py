@@ -9,33 +9,47 @@ One `step()`:
     denoise items: sampler step                commit items: write the chunk's K/V into its
                                                new bf16 pages, decode frames, emit them
     scheduler.update(StepResult)
+    out.ended -> release those streams' tensor state; out.freed -> forget those pages
 
-Tensor-side per-stream state (noise, current latents, committed latents, output chunks) lives
-here; everything about pages and policy lives in the scheduler. Committed latents are kept
-(small: one latent frame is C x h x w) so a stream preempted by dropping can rebuild its cache.
+This class is the engine room's door: callers use `submit`, `cancel`, `set_text`, `step()`
+(its `StepReport` carries the chunks and the scheduler's ended list), `snapshot`, `capacity`,
+`kv_stats`, `facts` and `busy`, and get plain values back (`report.py`). Tensor-side per-stream
+state (noise, current latents, committed latents) lives here; everything about pages and policy
+lives in the scheduler. Committed latents are kept (small: one latent frame is C x h x w) so a
+stream preempted by dropping can rebuild its cache.
 """
 
 from __future__ import annotations
 
 import itertools
-from collections import deque
+import logging
 from dataclasses import dataclass, field
-from typing import NamedTuple
 
 import torch
 
 from kernels.spec import CodecSpec, get_spec
-from qvg_serve.engine import sampler
+from qvg_serve.engine import sampler, views
 from qvg_serve.engine.config import EngineConfig
 from qvg_serve.engine.kv_pool import KVPool, kv_budget_bytes, pool_layout
 from qvg_serve.engine.paged_attention import Workspace
 from qvg_serve.engine.paged_context import Entry, PagedContext
+from qvg_serve.engine.report import (
+    CancelResult,
+    Chunk,
+    KVStats,
+    ModelFacts,
+    StepReport,
+    StepStats,
+)
 from qvg_serve.models.base import ChunkInput, ModelConfig, VideoModel
+from qvg_serve.models.hooks import LatentPreview
 from scheduler.config import SchedulerConfig
 from scheduler.core import Scheduler
-from scheduler.output import COMMIT, DENOISE, Admission, BatchItem, StepResult
+from scheduler.output import COMMIT, DENOISE, Admission, BatchItem, SchedulerOutput, StepResult
 from scheduler.pages import PageAllocator
 from scheduler.stream import StreamSpec
+
+log = logging.getLogger(__name__)
 
 SHIFT = 5.0
 """Flow-matching timestep shift (Wan2.1 / Self-Forcing use 5 at 480p)."""
@@ -56,34 +70,15 @@ def codec_specs(config: EngineConfig, tokens_per_frame: int) -> dict[str, CodecS
     return specs
 
 
-class Chunk(NamedTuple):
-    """One generated chunk as delivered to a client."""
-
-    index: int
-    frames: torch.Tensor  # uint8 [frames, H, W, 3] on the CPU
-    latents: torch.Tensor  # the chunk's clean latents [C, F, h, w] on the CPU
-
-
 @dataclass
-class StreamState:
-    """Tensor-side state of one stream."""
+class StreamTensors:
+    """Tensor-side state of one live stream (released when the scheduler reports its end)."""
 
     text: torch.Tensor  # [text_len, text_dim] on the device
     noise: sampler.StreamNoise
     x: torch.Tensor | None = None  # current noisy latents of the chunk being denoised
     x0: torch.Tensor | None = None  # clean estimate after the last denoising step
     committed: list[torch.Tensor] = field(default_factory=list)  # [C, h, w] per frame (CPU)
-    page_frame: dict[int, int] = field(default_factory=dict)  # page id -> latent frame index
-    out: deque = field(default_factory=deque)  # Chunk objects not yet taken
-    chunks_done: int = 0
-    ended: str | None = None  # end reason once the scheduler ended it
-
-
-class StepReport(NamedTuple):
-    step: int
-    batch: int  # streams in the forward pass (0 = idle step)
-    committed: tuple[int, ...]  # streams that produced a chunk this step
-    ended: tuple[tuple[int, str], ...]  # (stream, reason) that ended this step
 
 
 class Engine:
@@ -100,7 +95,7 @@ class Engine:
         self.model, self.cfg, self.device = model, config, torch.device(device)
         mc: ModelConfig = model.config
         self.mc = mc
-        self.decoder = decoder
+        self.decoder = decoder if decoder is not None else LatentPreview(mc)
         budget = kv_budget_bytes(
             self.device, config.kv_cache_memory_bytes, config.gpu_memory_fraction
         )
@@ -112,7 +107,8 @@ class Engine:
         self.scheduler = Scheduler(scheduler_config, self.alloc)
         ws_tokens = config.max_batch_kv_tokens or self._default_workspace(scheduler_config)
         self.ws = Workspace(ws_tokens, mc.heads, mc.head_dim, self.device, self._dtype())
-        self.streams: dict[int, StreamState] = {}
+        self.streams: dict[int, StreamTensors] = {}
+        self._page_frame: dict[int, int] = {}  # page id -> latent frame it holds (RoPE position)
         self._ids = itertools.count(1)
 
     def _dtype(self) -> torch.dtype:
@@ -142,9 +138,7 @@ class Engine:
     ) -> tuple[int, Admission]:
         """Queue a stream conditioned on text embeddings [text_len, text_dim]."""
         mc = self.mc
-        want = (mc.text_len, mc.text_dim)
-        if tuple(text.shape) != want:
-            raise ValueError(f"text embeddings must be {want}, got {tuple(text.shape)}")
+        self._check_text(text)
         sid = next(self._ids) if stream_id is None else stream_id
         spec = StreamSpec(
             sid, tenant, priority, chunks, mc.frames_per_chunk, mc.tokens_per_frame,
@@ -153,45 +147,60 @@ class Engine:
         adm = self.scheduler.submit(spec)
         if adm.accepted:
             shape = (mc.in_channels, mc.frames_per_chunk, mc.latent_height, mc.latent_width)
-            self.streams[sid] = StreamState(
+            self.streams[sid] = StreamTensors(
                 text.to(self.device, self._dtype()), sampler.StreamNoise(seed, shape)
             )
         return sid, adm
 
-    def cancel(self, stream_id: int) -> bool:
-        """End a stream now: pages freed at once, undelivered chunks dropped."""
-        ok = self.scheduler.cancel(stream_id)
-        st = self.streams.pop(stream_id, None)
-        return ok or st is not None
+    def cancel(self, stream_id: int, reason: str = "cancelled") -> CancelResult:
+        """End a stream now: its pages are freed at once, chunks not yet stepped are never made.
+        Its end (with `reason`) is reported by the next `step()`'s `ended`, like any end."""
+        live = self.scheduler.cancel(stream_id, reason)
+        return CancelResult(live, len(self.alloc.pages_of(stream_id)))
 
-    def set_text(self, stream_id: int, text: torch.Tensor) -> None:
-        """New conditioning from the next denoising pass on (prompt switch / action)."""
+    def set_text(self, stream_id: int, text: torch.Tensor) -> bool:
+        """New conditioning from the next denoising pass on (prompt switch / action); False if
+        the stream is not live (unknown, or ended)."""
+        self._check_text(text)
         st = self.streams.get(stream_id)
-        if st is None:
-            raise KeyError(stream_id)
+        if st is None or stream_id not in self.scheduler.streams:
+            return False
         st.text = text.to(self.device, self._dtype())
+        return True
 
-    def take(self, stream_id: int) -> list[Chunk]:
-        """Chunks generated since the last call (and drop them from the engine)."""
-        st = self.streams.get(stream_id)
-        if st is None:
-            return []
-        got = list(st.out)
-        st.out.clear()
-        return got
+    def _check_text(self, text: torch.Tensor) -> None:
+        want = (self.mc.text_len, self.mc.text_dim)
+        if tuple(text.shape) != want:
+            raise ValueError(f"text embeddings must be {want}, got {tuple(text.shape)}")
 
     # -- the step ------------------------------------------------------------------------------
 
     def step(self) -> StepReport:
+        """One scheduler decision, its plans, one forward pass, the scheduler's update."""
         out = self.scheduler.schedule()
         done, failed = self._execute_orders(out.orders)
-        committed: list[int] = []
         advanced: list[int] = []
+        chunks: list[tuple[int, Chunk]] = []
         if out.batch:
-            advanced, committed = self._forward(out.batch)
+            advanced, chunks = self._forward(out.batch)
         self.scheduler.update(StepResult(out.step, tuple(advanced), (), done, failed))
-        ended = self._collect_ended(out.batch)
-        return StepReport(out.step, len(out.batch), tuple(committed), ended)
+        ended = self._forget(out)
+        stats = StepStats(
+            len(done), len(failed), len(out.freed), len(out.admitted), len(out.preempted),
+            len(out.degraded), out.gpu_use,
+        )  # fmt: skip
+        return StepReport(out.step, len(out.batch), tuple(chunks), ended, stats)
+
+    def _forget(self, out: SchedulerOutput) -> tuple[tuple[int, str], ...]:
+        """Release what the engine holds for pages and streams the scheduler let go of; the
+        ends of streams it still held (one `drop_all` already reported are skipped)."""
+        for page in out.freed:
+            self._page_frame.pop(page, None)
+        ended = tuple((sid, why) for sid, why in out.ended if sid in self.streams)
+        for sid, _ in ended:
+            del self.streams[sid]
+            self.pool.forget_stream(sid)
+        return ended
 
     def _execute_orders(self, orders) -> tuple[tuple[int, ...], tuple[int, ...]]:
         done, failed = [], []
@@ -200,10 +209,12 @@ class Engine:
                 self.pool.execute(order.plan)
                 done.append(order.plan.id)
             except (RuntimeError, ValueError):  # e.g. CUDA OOM in a codec temp: retry later
+                log.warning("plan %d (%s) failed; the scheduler retries it later",
+                            order.plan.id, order.action, exc_info=True)  # fmt: skip
                 failed.append(order.plan.id)
         return tuple(done), tuple(failed)
 
-    def _forward(self, batch: tuple[BatchItem, ...]) -> tuple[list[int], list[int]]:
+    def _forward(self, batch: tuple[BatchItem, ...]) -> tuple[list[int], list[tuple[int, Chunk]]]:
         inputs, entries = [], []
         for item in batch:
             inp, entry = self._prepare(item)
@@ -212,16 +223,15 @@ class Engine:
         ctx = PagedContext(self.pool, self.ws, self.model.rope, entries)
         with torch.no_grad():
             flows = self.model.forward(inputs, ctx)
-        committed = []
+        chunks = []
         for i, (item, flow) in enumerate(zip(batch, flows, strict=True)):
             if item.kind == DENOISE:
                 self._denoised(item, flow)
             else:
                 self._write_pages(item, ctx, i)
                 if item.kind == COMMIT:
-                    self._emit(item)
-                    committed.append(item.stream_id)
-        return [item.stream_id for item in batch], committed
+                    chunks.append((item.stream_id, self._emit(item)))
+        return [item.stream_id for item in batch], chunks
 
     def _prepare(self, item: BatchItem) -> tuple[ChunkInput, Entry]:
         st, mc = self.streams[item.stream_id], self.mc
@@ -241,13 +251,13 @@ class Engine:
         assert latents is not None
         q_pos = self._positions(frames)
         hist = self.pool.read_plan(item.pages)
-        hist_pos = self._positions([st.page_frame[p] for p in item.pages])
+        hist_pos = self._positions([self._page_frame[p] for p in item.pages])
         capture = item.kind != DENOISE
         if capture:  # the pages this pass writes map to these frames
-            st.page_frame.update(zip(item.new_pages, frames, strict=True))
+            self._page_frame.update(zip(item.new_pages, frames, strict=True))
         return ChunkInput(latents, t, st.text, start), Entry(hist, hist_pos, q_pos, capture)
 
-    def _recompute_frames(self, st: StreamState, n: int) -> list[int]:
+    def _recompute_frames(self, st: StreamTensors, n: int) -> list[int]:
         """Frames a recompute rebuilds: the sink, then the most recent frames (the window)."""
         total = len(st.committed)
         sink = min(self.scheduler.config.sink_pages, n, total)
@@ -270,45 +280,67 @@ class Engine:
         k, v = ctx.kv_of(index, self.mc.layers)
         self.pool.write_pages(item.new_pages, k, v)
 
-    def _emit(self, item: BatchItem) -> None:
+    def _emit(self, item: BatchItem) -> Chunk:
         st = self.streams[item.stream_id]
         assert st.x0 is not None
         clean = st.x0.float().cpu()
         st.committed.extend(clean.unbind(1))
-        frames = self._decode(clean)
-        st.out.append(Chunk(item.chunk, frames, clean))
-        st.chunks_done += 1
         st.x = st.x0 = None
+        return Chunk(item.chunk, self.decoder.decode(clean), clean)
 
-    def _decode(self, latents: torch.Tensor) -> torch.Tensor:
-        if self.decoder is None:
-            from qvg_serve.models.hooks import LatentPreview
-
-            self.decoder = LatentPreview(self.mc)
-        return self.decoder.decode(latents)
-
-    def _collect_ended(self, batch) -> tuple[tuple[int, str], ...]:
-        ended = []
-        for sid, st in self.streams.items():
-            if st.ended is None:
-                rec = self.scheduler.get(sid)
-                if rec is not None and not hasattr(rec, "segments"):  # an EndedStream
-                    st.ended = rec.reason
-                    ended.append((sid, rec.reason))
-        return tuple(ended)
-
-    def status(self, stream_id: int):
-        """The scheduler's record (live Stream or EndedStream) of a stream, or None."""
-        return self.scheduler.get(stream_id)
+    # -- read-only views -----------------------------------------------------------------------
 
     def busy(self) -> bool:
-        """Whether any stream is waiting, running or preempted."""
-        return any(st.ended is None for st in self.streams.values())
+        """Whether any stream is live or has an end not yet reported by `step()`."""
+        return bool(self.streams)
 
-    def run_until_idle(self, max_steps: int = 100_000) -> int:
-        """Step until every stream ended; returns steps taken."""
-        for n in range(1, max_steps + 1):
-            self.step()
+    def is_live(self, stream_id: int) -> bool:
+        return stream_id in self.scheduler.streams
+
+    def live_streams(self) -> tuple[int, ...]:
+        """Streams waiting, running or preempted."""
+        return tuple(self.scheduler.streams)
+
+    def drop_all(self) -> tuple[int, ...]:
+        """Last resort after a failing step: cancel every stream and release its tensor state
+        without a step; returns the streams dropped (the caller reports their ends)."""
+        sids = tuple(self.streams)
+        for sid in sids:
+            self.scheduler.cancel(sid, "failed: engine error")
+            self.streams.pop(sid)
+            self.pool.forget_stream(sid)
+        return sids
+
+    def snapshot(self, stream_id: int) -> dict:
+        """State, pages and bytes by format and tier, ladder history, end reason (views.py)."""
+        return views.stream_snapshot(self.scheduler.get(stream_id), self.alloc.layout.page_bytes)
+
+    def capacity(self) -> dict:
+        """Free KV and how many more minimal streams fit (views.py)."""
+        return views.capacity(self.alloc, self.scheduler, self.mc.frames_per_chunk)
+
+    def kv_stats(self) -> KVStats:
+        return views.kv_stats(self.alloc, self.scheduler)
+
+    @property
+    def facts(self) -> ModelFacts:
+        mc = self.mc
+        per_latent = getattr(self.decoder, "temporal", mc.frames_per_latent)
+        return ModelFacts(
+            mc.name, mc.frames_per_chunk * per_latent, mc.frames_per_chunk, mc.tokens_per_frame,
+            mc.layers, (mc.text_len, mc.text_dim),
+        )  # fmt: skip
+
+    def check_invariants(self) -> None:
+        """Accounting and bytes agree (tests call this after every step)."""
+        self.pool.check_invariants()
+
+    def run_until_idle(self, max_steps: int = 100_000) -> dict[int, list[Chunk]]:
+        """Step until every stream ended; the chunks each stream produced, in order."""
+        got: dict[int, list[Chunk]] = {}
+        for _ in range(max_steps):
+            for sid, chunk in self.step().chunks:
+                got.setdefault(sid, []).append(chunk)
             if not self.busy():
-                return n
+                return got
         raise RuntimeError(f"streams still running after {max_steps} steps")

@@ -181,6 +181,10 @@ class KVPool:
         if plan.span is not None and plan.stream is not None:
             self._last_span[plan.stream] = plan.span
 
+    def forget_stream(self, stream: int) -> None:
+        """The stream ended: drop its warm-start span (the span itself is the allocator's)."""
+        self._last_span.pop(stream, None)
+
     def _warm_codebook(self, plan: Plan):
         """[layer][kv] -> Encoded holding the stream's previous span centroids, or None."""
         span = self._last_span.get(plan.stream) if plan.stream is not None else None

@@ -1,29 +1,33 @@
-"""Read-only views of the engine for the API: one stream's status, the replica's capacity.
+"""Read-only views of the engine for its callers: one stream's status, capacity, KV stats.
 
-Both run on the engine thread (EngineLoop.call), so they read the scheduler between steps.
-Bytes per page format are the pool's exact page sizes; span codebooks are pool-wide and
-reported by /metrics (qvg_kv_bytes), not split per stream.
+They run on the caller's thread of the engine (the engine loop's, between steps), read the
+scheduler and the allocator, and return plain values. Bytes per page format are the pool's
+exact page sizes; span codebooks are pool-wide and reported in `kv_stats`, not per stream.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from qvg_serve.engine.engine import Engine
+from qvg_serve.engine.report import KVStats
+from scheduler.core import Scheduler
+from scheduler.output import EndedStream
+from scheduler.pages import PageAllocator
+from scheduler.stream import Stream
 
 LADDER_EVENTS = ("encode", "reencode", "offload", "reload", "drop", "preempt", "restore")
 """History events the status reports as the stream's degraded/preempted history."""
 
 
-def stream_snapshot(engine: Engine, sid: int) -> dict[str, Any]:
-    """State, pages and bytes by format and tier, ladder history and end reason of `sid`."""
-    rec = engine.status(sid)
+def stream_snapshot(rec: Stream | EndedStream | None, page_bytes: dict[str, int]) -> dict:
+    """State, pages and bytes by format and tier, ladder history and end reason of a stream."""
     if rec is None:
         return _empty("unknown")
-    page_bytes = engine.alloc.layout.page_bytes
     pages: dict[str, dict[str, int]] = {}
     nbytes: dict[str, dict[str, int]] = {}
-    if hasattr(rec, "segments"):  # live Stream
+    if isinstance(rec, EndedStream):  # its pages were freed when it ended
+        state, chunks, end, degraded = rec.state, rec.chunks, rec.reason, rec.degraded
+    else:
         for seg in rec.segments:
             by_tier = pages.setdefault(seg.fmt, {})
             by_tier[seg.tier] = by_tier.get(seg.tier, 0) + len(seg.pages)
@@ -31,8 +35,6 @@ def stream_snapshot(engine: Engine, sid: int) -> dict[str, Any]:
             b[seg.tier] = b.get(seg.tier, 0) + len(seg.pages) * page_bytes[seg.fmt]
         state, chunks, end = rec.state.value, rec.chunk, rec.end_reason
         degraded = any(f.value == "degraded" for f in rec.flags)
-    else:  # EndedStream: its pages were freed when it ended
-        state, chunks, end, degraded = rec.state, rec.chunks, rec.reason, rec.degraded
     history = [
         {"step": t.step, "event": t.event, "state": t.state, "detail": t.detail}
         for t in rec.history
@@ -49,24 +51,43 @@ def _empty(state: str) -> dict[str, Any]:
             "preemptions": 0, "history": [], "end_reason": None}  # fmt: skip
 
 
-def capacity(engine: Engine, replica: str) -> dict[str, Any]:
+def capacity(alloc: PageAllocator, sched: Scheduler, frames_per_chunk: int) -> dict[str, Any]:
     """Free GPU bytes and pages per format, and how many more minimal streams would fit.
 
     A minimal resident stream holds its sink + window + one chunk of BF16 pages (what the
-    scheduler requires before admitting it, scheduler.lifecycle.submit); quantization later
-    makes room for more, so this is a floor.
+    scheduler requires before admitting it); quantization later makes room for more, so this
+    is a floor.
     """
-    st = engine.alloc.stats()
-    cfg, mc = engine.scheduler.config, engine.mc
-    free_pages = {fmt: st.free_items("gpu", fmt) for fmt in engine.alloc.layout.page_bytes}
-    per_stream = cfg.sink_pages + cfg.window_pages + mc.frames_per_chunk
+    st = alloc.stats()
+    cfg = sched.config
+    free_pages = {fmt: st.free_items("gpu", fmt) for fmt in alloc.layout.page_bytes}
+    per_stream = cfg.sink_pages + cfg.window_pages + frames_per_chunk
     return {
-        "replica": replica,
         "free_bytes": st.free_bytes["gpu"],
         "total_bytes": st.total_bytes["gpu"],
         "free_pages": free_pages,
         "streams_that_fit": free_pages["bf16"] // max(1, per_stream),
-        "live_streams": len(engine.scheduler.streams),
-        "waiting": engine.scheduler.n_waiting,
-        "refusing": engine.scheduler.refusing,
+        "live_streams": len(sched.streams),
+        "waiting": sched.n_waiting,
+        "refusing": sched.refusing,
     }
+
+
+def kv_stats(alloc: PageAllocator, sched: Scheduler) -> KVStats:
+    """Pages and bytes by (format, tier), arena totals, streams by state, ladder counters."""
+    st = alloc.stats()
+    states: dict[str, int] = {}
+    for s in sched.streams.values():
+        states[s.state.value] = states.get(s.state.value, 0) + 1
+    for e in sched.ended.values():
+        states[e.state] = states.get(e.state, 0) + 1
+    return KVStats(
+        pages={(fmt, tier): n for (tier, fmt), n in st.pages.items()},
+        used_bytes={(fmt, tier): n for (tier, fmt), n in st.used_bytes.items()},
+        total_bytes=dict(st.total_bytes),
+        free_bytes=dict(st.free_bytes),
+        bf16_page_bytes=alloc.layout.page_bytes["bf16"],
+        streams=states,
+        waiting=sched.n_waiting,
+        ladder=dict(sched.counters),
+    )

@@ -11,19 +11,19 @@ keys alike, so cached keys are position-free (they quantize alike wherever they 
     engine ──ChunkInput×N──> model.forward ──per layer: q,k,v──> ctx.self_attention
                                   │                                   │ history (pool) + chunk
                                   <──────────── out [tokens, H, D] ───┘
-    commit pass: same forward at t = 0 on clean latents; the context keeps each layer's k, v
-    (ctx.committed) and the engine writes them into new bf16 pages.
+    commit pass: same forward at t = 0 on clean latents; the context captures each layer's
+    pre-RoPE k, v (the engine reads them with `PagedContext.kv_of`) and the engine writes them
+    into new bf16 pages.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import NamedTuple, Protocol
+from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 import torch
 
-from qvg_serve.engine.kv_format import KVShape
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +90,8 @@ class ModelConfig:
 
     def kv_shape(self) -> KVShape:
         """One pool page = one latent frame of every layer's K and V."""
+        from qvg_serve.engine.kv_format import KVShape  # models/ sits below the engine room
+
         return KVShape(self.layers, self.heads, self.head_dim, self.tokens_per_frame)
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import re
 from typing import Any, Literal
 
 from fastapi import Depends, FastAPI, Query, Request
@@ -19,9 +18,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from qvg_serve.serve import stream_ids
 from qvg_serve.serve.config import AppConfig
 from qvg_serve.serve.frames import MJPEG_TYPE, SSE_TYPE
-from qvg_serve.serve.router import OWNER_KWARG
 from qvg_serve.serve.schema import (
     PRIORITIES,
     Action,
@@ -35,8 +34,8 @@ from qvg_serve.serve.schema import (
     StreamStatus,
     StreamUrls,
 )
+from qvg_serve.serve.stream_ids import OWNER_KWARG
 
-STREAM_ID = re.compile(r"^[A-Za-z0-9]{1,64}-[0-9]{1,18}$")
 ERRORS = {code: {"model": ErrorBody} for code in (400, 401, 404, 409, 413, 422, 429)}
 
 
@@ -131,9 +130,10 @@ def build_api(cfg: AppConfig, engine, environ=os.environ) -> FastAPI:
         return keys[key]
 
     def owner(stream_id: str) -> str:
-        if not STREAM_ID.match(stream_id):
+        rid = stream_ids.owner(stream_id)
+        if not rid:
             raise ApiError(404, "not_found", f"no stream {stream_id[:80]!r}", "stream_id")
-        return stream_id.rpartition("-")[0]
+        return rid
 
     def call(method: str, stream_id: str, who: str, **kw):
         kw[OWNER_KWARG] = owner(stream_id)

@@ -8,7 +8,7 @@
     on_chunk / on_end (encoder thread) <---  chunks taken after each step, ends, metrics
 
 `Engine.step` is synchronous and compute-heavy, and the Engine is not thread-safe: every read
-or write of it (submit, cancel, set_text, status) runs on the engine thread as a command,
+or write of it (submit, cancel, set_text, snapshot) runs on the engine thread as a command,
 between two steps, so handlers see consistent snapshots and never block the event loop.
 Chunks go to a one-thread encoder pool (JPEG encoding off the step path, in submission order,
 so a stream's chunks and its end arrive in order).
@@ -24,7 +24,8 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
-from qvg_serve.engine.engine import Chunk, Engine
+from qvg_serve.engine.engine import Engine
+from qvg_serve.engine.report import Chunk, StepReport
 from qvg_serve.serve.metrics import Metrics
 from scheduler.config import RUNGS
 
@@ -48,7 +49,7 @@ class EngineLoop:
         self._on_chunk, self._on_end = on_chunk, on_end
         self._cmds: queue.SimpleQueue = queue.SimpleQueue()
         self._wake = threading.Event()
-        self._stop = False
+        self._stopping = threading.Event()
         self._created: dict[int, float] = {}  # stream -> submit time (TTFF)
         self._last: dict[int, float] = {}  # stream -> time of its last chunk (inter-chunk)
         self._counters: dict[str, int] = {}
@@ -65,17 +66,23 @@ class EngineLoop:
         self._wake.set()
         return fut
 
-    def stop(self) -> None:
-        self._stop = True
+    def stop(self, wait: bool = True) -> None:
+        """Stop stepping after the current step; `wait` joins the thread and the encoder."""
+        self._stopping.set()
         self._wake.set()
-        self._thread.join(timeout=30)
-        self.encoder.shutdown(wait=True)
+        if wait:
+            self._thread.join(timeout=30)
+        self.encoder.shutdown(wait=wait)
+
+    def alive(self) -> bool:
+        """Whether the engine thread runs (Serve's health check restarts a replica if not)."""
+        return self._thread.is_alive()
 
     # -- engine thread --------------------------------------------------------------------------
 
     def _run(self) -> None:
         self.update_gauges()
-        while not self._stop:
+        while not self._stopping.is_set():
             self._drain()
             if self.engine.busy():
                 self._step()
@@ -101,18 +108,31 @@ class EngineLoop:
         try:
             report = self.engine.step()
         except Exception:  # a bug: fail the live streams rather than spin on it
-            log.exception("engine step failed; cancelling live streams")
-            for sid in list(self.engine.streams):
-                self.end(sid, "failed: engine error")
+            log.exception("engine step failed; ending every live stream")
+            self._fail_all()
             return
         self.metrics.observe_step(time.perf_counter() - t0, report.batch)
-        now = time.monotonic()
-        for sid in report.committed:
-            for chunk in self.engine.take(sid):
-                self._chunk_out(sid, chunk, now)
-        for sid, reason in report.ended:
-            self.end(sid, reason)
+        self._deliver(report)
         self.update_gauges()
+
+    def _deliver(self, report: StepReport) -> None:
+        now = time.monotonic()
+        for sid, chunk in report.chunks:
+            self._chunk_out(sid, chunk, now)
+        for sid, reason in report.ended:
+            self._ended(sid, reason)
+
+    def _fail_all(self) -> None:
+        """After a failed step: cancel every live stream; the next step reports their ends
+        (if that step fails too, they are reported here so no client waits forever)."""
+        for sid in self.engine.live_streams():
+            self.engine.cancel(sid, "failed: engine error")
+        try:
+            self._deliver(self.engine.step())
+        except Exception:
+            log.exception("engine step after the failure failed too")
+            for sid in self.engine.drop_all():
+                self._ended(sid, "failed: engine error")
 
     def _chunk_out(self, sid: int, chunk: Chunk, now: float) -> None:
         prev = self._last.get(sid)
@@ -129,40 +149,28 @@ class EngineLoop:
     def submitted(self, sid: int) -> None:
         self._created[sid] = time.monotonic()
 
-    def end(self, sid: int, reason: str) -> bool:
-        """Cancel `sid` if live (pages freed now), drop its tensor state, report its end."""
-        cancelled = self.engine.cancel(sid)  # after a natural end: frees the tensor state
+    def _ended(self, sid: int, reason: str) -> None:
+        """The engine reported `sid`'s end (it released the stream): tell the replica."""
         self._created.pop(sid, None)
         self._last.pop(sid, None)
         self.encoder.submit(self._on_end, sid, reason)
-        self.update_gauges()
-        return cancelled
 
     def update_gauges(self) -> None:
         """Streams by state, KV pages/bytes by format and tier, ladder counters."""
-        m, sched, alloc = self.metrics, self.engine.scheduler, self.engine.alloc
-        states: dict[str, int] = {}
-        for s in sched.streams.values():
-            states[s.state.value] = states.get(s.state.value, 0) + 1
-        for e in sched.ended.values():
-            states[e.state] = states.get(e.state, 0) + 1
-        m.set_streams(states)
-        m.waiting.set(sched.n_waiting)
-        st = alloc.stats()
-        pages = {(fmt, tier): n for (tier, fmt), n in st.pages.items()}
-        nbytes = {(fmt, tier): n for (tier, fmt), n in st.used_bytes.items()}
-        m.set_kv(pages, nbytes)
-        bf16 = alloc.layout.page_bytes["bf16"]
-        for tier, total in st.total_bytes.items():
+        m, kv = self.metrics, self.engine.kv_stats()
+        m.set_streams(kv.streams)
+        m.waiting.set(kv.waiting)
+        m.set_kv(kv.pages, kv.used_bytes)
+        for tier, total in kv.total_bytes.items():
             m.kv_capacity_bytes.labels(tier=tier).set(total)
-            held = sum(n for (t, _), n in st.pages.items() if t == tier)
-            m.kv_bf16_equivalent_bytes.labels(tier=tier).set(held * bf16)
-        used = sum(nbytes.values())
-        gpu_total = max(1, st.total_bytes["gpu"])
-        m.kv_usage.set((st.total_bytes["gpu"] - st.free_bytes["gpu"]) / gpu_total)
-        held_all = sum(st.pages.values()) * bf16
+            held = sum(n for (_, t), n in kv.pages.items() if t == tier)
+            m.kv_bf16_equivalent_bytes.labels(tier=tier).set(held * kv.bf16_page_bytes)
+        used = sum(kv.used_bytes.values())
+        gpu_total = max(1, kv.total_bytes["gpu"])
+        m.kv_usage.set((kv.total_bytes["gpu"] - kv.free_bytes["gpu"]) / gpu_total)
+        held_all = sum(kv.pages.values()) * kv.bf16_page_bytes
         m.compression.set(held_all / used if used else 1.0)
-        self._count_ladder(sched.counters)
+        self._count_ladder(kv.ladder)
 
     def _count_ladder(self, counters) -> None:
         for rung in RUNGS:  # the scheduler's counters are cumulative: export the increase

@@ -15,7 +15,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from qvg_serve.engine.engine import Chunk, Engine
+from qvg_serve.engine.engine import Engine
+from qvg_serve.engine.report import Chunk
+from qvg_serve.serve import stream_ids
 from qvg_serve.serve.config import AppConfig
 from qvg_serve.serve.engine_loop import EngineLoop
 from qvg_serve.serve.frames import (
@@ -81,21 +83,12 @@ class EngineReplica:
             decoder=rt.decoder,
             device=rt.device,
         )
-        self.frames_per_chunk = self._frames_per_chunk()
+        self.frames_per_chunk = self.engine.facts.frames_per_chunk
         self.metrics = Metrics()
         self.streams: dict[int, StreamRecord] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self.loop = EngineLoop(self.engine, self.metrics, self._chunk_done, self._ended)
         _serve_metrics_port(self.cfg.server.metrics_port, self.metrics)
-
-    def _frames_per_chunk(self) -> int:
-        from qvg_serve.models.hooks import LatentPreview
-
-        mc = self.engine.mc
-        if self.engine.decoder is None:
-            self.engine.decoder = LatentPreview(mc)
-        per_latent = getattr(self.engine.decoder, "temporal", mc.frames_per_latent)
-        return mc.frames_per_chunk * per_latent
 
     # -- engine thread -> event loop -------------------------------------------------------------
 
@@ -134,11 +127,9 @@ class EngineReplica:
 
     def _own(self, stream: str, tenant: str, replica: str) -> tuple[int, StreamRecord] | None:
         """The stream's engine id and record if it lives here and belongs to `tenant`."""
-        rid, _, num = stream.rpartition("-")
-        if rid != self.replica_id or replica != rid or not num.isdigit():
-            return None
-        rec = self.streams.get(int(num))
-        return (int(num), rec) if rec is not None and rec.tenant == tenant else None
+        sid = stream_ids.engine_id(stream, self.replica_id) if replica == self.replica_id else None
+        rec = None if sid is None else self.streams.get(sid)
+        return (sid, rec) if sid is not None and rec is not None and rec.tenant == tenant else None
 
     async def _run(self, fn, *args):
         return await asyncio.wrap_future(self.loop.call(fn, *args))
@@ -180,7 +171,7 @@ class EngineReplica:
 
         sid, adm = await self._run(submit)
         return {
-            "id": f"{self.replica_id}-{sid}",
+            "id": stream_ids.make(self.replica_id, sid),
             "accepted": adm.accepted,
             "reason": adm.reason,
             "retry_after_s": adm.retry_after_s,
@@ -191,7 +182,7 @@ class EngineReplica:
         if own is None:
             return None
         sid, rec = own
-        snap = await self._run(self._snapshot, sid)
+        snap = await self._run(self.engine.snapshot, sid)
         while snap["end_reason"] is not None and rec.ended is None:  # frames still encoding
             waiter = rec.changed
             await waiter.wait()
@@ -203,11 +194,6 @@ class EngineReplica:
             **snap,
             "end_reason": rec.ended or snap["end_reason"],
         }
-
-    def _snapshot(self, sid: int) -> dict[str, Any]:  # engine thread
-        from qvg_serve.engine.views import stream_snapshot
-
-        return stream_snapshot(self.engine, sid)
 
     async def act(
         self, stream: str, *, tenant: str, replica: str, prompt: str
@@ -221,13 +207,7 @@ class EngineReplica:
         except ValueError as exc:
             return f"bad_prompt: {exc}"
 
-        def switch() -> bool:
-            if sid not in self.engine.streams or self.engine.streams[sid].ended is not None:
-                return False
-            self.engine.set_text(sid, text)
-            return True
-
-        ok = await self._run(switch)
+        ok = await self._run(self.engine.set_text, sid, text)
         if ok:
             rec.prompt = prompt
         return ok
@@ -238,12 +218,8 @@ class EngineReplica:
             return None
         sid, _ = own
 
-        def stop() -> dict[str, Any]:
-            live = self.engine.cancel(sid)
-            self.loop.end(sid, "cancelled")
-            return {"cancelled": live, "pages_held": len(self.engine.alloc.pages_of(sid))}
-
-        return await self._run(stop)
+        res = await self._run(self.engine.cancel, sid)
+        return {"cancelled": res.live, "pages_held": res.pages_held}
 
     async def frames(self, stream: str, *, tenant: str, replica: str, fmt: str, start: int):
         """Frames from `start` on as MJPEG parts or SSE events, live until the stream ends."""
@@ -286,9 +262,7 @@ class EngineReplica:
         return rec.mp4
 
     async def capacity(self) -> dict[str, Any]:
-        from qvg_serve.engine.views import capacity
-
-        return await self._run(capacity, self.engine, self.replica_id)
+        return {"replica": self.replica_id, **await self._run(self.engine.capacity)}
 
     async def metrics_text(self) -> tuple[bytes, str]:
         return self.metrics.exposition()
@@ -297,16 +271,16 @@ class EngineReplica:
         self.metrics.reject(reason)
 
     async def health(self) -> dict[str, Any]:
-        return {"replica": self.replica_id, "engine_thread": self.loop._thread.is_alive()}
+        return {"replica": self.replica_id, "engine_thread": self.loop.alive()}
 
     def check_health(self) -> None:  # Serve's health check: a dead engine thread restarts us
-        if not self.loop._thread.is_alive():
+        if not self.loop.alive():
             raise RuntimeError("engine thread died")
 
     def __del__(self) -> None:
         loop = getattr(self, "loop", None)
         if loop is not None:
-            loop._stop = True
+            loop.stop(wait=False)
 
 
 _REJECT_METRIC = {"kv_pressure": "capacity", "queue_full": "queue_full", "too_large": "invalid"}

@@ -1,12 +1,14 @@
 """Serve request router of the engine deployment: a request for a stream goes to its replica.
 
-A stream id is "<replica unique id>-<n>" (the replica that created it names itself); the
-ingress passes that replica id as the `replica=` keyword of every per-stream call. This
-router, running inside the ingress's DeploymentHandle, then offers Serve only that replica:
+Built on Ray Serve's public `ray.serve.request_router` API only. A stream id is
+"<replica unique id>-<n>" (stream_ids.py); the ingress passes that replica id as the `replica=`
+keyword of every per-stream call. This router, running inside the ingress's DeploymentHandle,
+then offers Serve only that replica:
 
     pending call with replica="ab12cd34"  ->  [[replica ab12cd34]]     (waits while it is busy)
     replica "ab12cd34" is gone            ->  [[every replica]]        (answers 404: not mine)
-    no replica= (create, capacity, ...)   ->  power of two choices     (Serve's default)
+    no replica= (create, capacity, ...)   ->  [[two random replicas]]  (power of two choices:
+                                              Serve probes both and takes the shorter queue)
 
 Waiting on a busy owner instead of falling back is the point: multiplexed-model routing (the
 other built-in affinity) falls back to any replica after a timeout, which for a stream would be
@@ -15,15 +17,21 @@ a wrong answer, not a slow one.
 
 from __future__ import annotations
 
-from ray.serve._private.request_router.pow_2_router import PowerOfTwoChoicesRequestRouter
+import random
 
-OWNER_KWARG = "replica"
+from ray.serve.request_router import FIFOMixin, PendingRequest, RequestRouter, RunningReplica
+
+from qvg_serve.serve.stream_ids import OWNER_KWARG
 
 
-class StreamRouter(PowerOfTwoChoicesRequestRouter):
-    async def choose_replicas(self, candidate_replicas, pending_request=None):
+class StreamRouter(FIFOMixin, RequestRouter):
+    async def choose_replicas(
+        self,
+        candidate_replicas: list[RunningReplica],
+        pending_request: PendingRequest | None = None,
+    ) -> list[list[RunningReplica]]:
         owner = None if pending_request is None else pending_request.kwargs.get(OWNER_KWARG)
         if owner is None:
-            return await super().choose_replicas(candidate_replicas, pending_request)
+            return [random.sample(candidate_replicas, min(2, len(candidate_replicas)))]
         mine = [r for r in candidate_replicas if r.replica_id.unique_id == owner]
         return [mine] if mine else [list(candidate_replicas)]

@@ -32,27 +32,26 @@ def engine(budget=BIG, **sched) -> Engine:
     return Engine(MODEL, cfg, sc)
 
 
-def latents(eng: Engine, sid: int) -> torch.Tensor:
-    return torch.cat([c.latents for c in eng.take(sid)], 1)
+def latents(got: dict, sid: int) -> torch.Tensor:
+    return torch.cat([c.latents for c in got[sid]], 1)
 
 
 def alone(seed: int, chunks: int) -> torch.Tensor:
     eng = engine()
     sid, adm = eng.submit(text(seed), chunks=chunks, seed=seed)
     assert adm.accepted
-    eng.run_until_idle()
-    return latents(eng, sid)
+    return latents(eng.run_until_idle(), sid)
 
 
 def test_batched_streams_equal_each_stream_alone():
     eng = engine()
     a, _ = eng.submit(text(1), chunks=3, seed=1)
-    eng.step()
-    eng.step()  # b starts two steps later: a and b sit at different denoising steps
+    first = eng.step().chunks + eng.step().chunks  # b starts two steps later: a and b
+    assert first == ()  # sit at different denoising steps
     b, _ = eng.submit(text(2), chunks=2, seed=2)
     c, _ = eng.submit(text(3), chunks=1, seed=3)
-    eng.run_until_idle()
-    got = {s: latents(eng, s) for s in (a, b, c)}
+    chunks = eng.run_until_idle()
+    got = {s: latents(chunks, s) for s in (a, b, c)}
     for sid, seed, chunks in ((a, 1, 3), (b, 2, 2), (c, 3, 1)):
         assert got[sid].shape[1] == chunks * MC.frames_per_chunk
         torch.testing.assert_close(got[sid], alone(seed, chunks), atol=1e-4, rtol=1e-4)
@@ -105,10 +104,10 @@ def test_quantized_pages_stay_within_a_stated_bound():
         rungs=frozenset({"encode", "reencode"}),
     )
     sid, _ = eng.submit(text(7), chunks=4, seed=7)
-    eng.run_until_idle()
-    counters = dict(eng.scheduler.counters)
+    chunks = eng.run_until_idle()
+    counters = eng.kv_stats().ladder
     assert counters.get("encode", 0) > 0 and counters.get("reencode", 0) > 0, counters
-    got = latents(eng, sid)
+    got = latents(chunks, sid)
     rel = float((got - ref).norm() / ref.norm())
     assert 0 < rel < 1e-2, rel
 
@@ -119,10 +118,48 @@ def test_cancel_frees_pages_at_once():
     for _ in range(4):
         eng.step()
     assert eng.alloc.pages_of(sid)
-    assert eng.cancel(sid)
+    res = eng.cancel(sid)
+    assert res.live and res.pages_held == 0
     assert eng.alloc.pages_of(sid) == ()
-    eng.alloc.check_invariants()
-    assert not eng.busy()
+    eng.check_invariants()
+    assert eng.busy()  # until the next step reports the end
+    report = eng.step()
+    assert report.ended == ((sid, "cancelled"),) and report.chunks == ()
+    assert not eng.busy() and sid not in eng.streams
+    assert not eng.cancel(sid).live  # a second cancel is a no-op
+
+
+def test_natural_end_is_reported_once_and_releases_state():
+    eng = engine()
+    sid, _ = eng.submit(text(2), chunks=2, seed=2)
+    ends, chunks = [], 0
+    while eng.busy():
+        report = eng.step()
+        eng.check_invariants()
+        ends.extend(report.ended)
+        chunks += len(report.chunks)
+    assert ends == [(sid, "completed")] and chunks == 2
+    assert eng.streams == {} and eng.pool._last_span == {}
+    assert eng.snapshot(sid)["state"] == "finished"
+    assert not eng.set_text(sid, text(3))
+
+
+def test_freed_pages_are_forgotten():
+    """Pages the scheduler frees (dropped history, ended streams) leave the page->frame map."""
+    eng = engine()
+    a, _ = eng.submit(text(1), chunks=3, seed=1)
+    b, _ = eng.submit(text(2), chunks=1, seed=2)
+    def held() -> set[int]:
+        return {p for s in eng.live_streams() for p in eng.alloc.pages_of(s)}
+
+    stale: set[int] = set()
+    while eng.busy():
+        eng.step()
+        # pages freed by a step's update() are reported (and forgotten) by the next step
+        now = set(eng._page_frame) - held()
+        assert not now & stale, now & stale
+        stale = now
+    assert eng._page_frame == {}
 
 
 def test_bad_text_shape_is_refused():
