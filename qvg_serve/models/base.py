@@ -24,6 +24,8 @@ from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 import torch
 
+if TYPE_CHECKING:  # models/ sits below the engine room: no import of it at load time
+    from qvg_serve.engine.kv_format import KVShape
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,7 +92,7 @@ class ModelConfig:
 
     def kv_shape(self) -> KVShape:
         """One pool page = one latent frame of every layer's K and V."""
-        from qvg_serve.engine.kv_format import KVShape  # models/ sits below the engine room
+        from qvg_serve.engine.kv_format import KVShape
 
         return KVShape(self.layers, self.heads, self.head_dim, self.tokens_per_frame)
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 
-from qvg_serve.engine import kv_format as kf
 from qvg_serve.bench.capacity import MODELS, frames_fit
 from qvg_serve.cli import main
+from qvg_serve.engine import kv_format as kf
 
 
 def test_json_has_one_object_per_format(capsys):

@@ -149,6 +149,7 @@ def test_freed_pages_are_forgotten():
     eng = engine()
     a, _ = eng.submit(text(1), chunks=3, seed=1)
     b, _ = eng.submit(text(2), chunks=1, seed=2)
+
     def held() -> set[int]:
         return {p for s in eng.live_streams() for p in eng.alloc.pages_of(s)}
 
