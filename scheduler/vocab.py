@@ -59,6 +59,15 @@ RUNGS = tuple(Rung)
 """The ladder's rungs in order; SchedulerConfig.rungs names a subset."""
 
 
+class Unit(StrEnum):
+    """What a ladder request's `need` counts."""
+
+    BYTES = "bytes"
+    """GPU pool bytes (the watermarks, a commit that does not fit the pool)."""
+    PAGES = "pages"
+    """GPU-resident pages of one tenant (its page_cap); encodes free none."""
+
+
 class Action(StrEnum):
     """What an Order asks the runner to execute, and why (the rung, or a reload)."""
 
