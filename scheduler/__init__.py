@@ -6,8 +6,9 @@ package in a fresh interpreter and asserts none of those got loaded.
 
 QVG_SERVE_PACKAGE = "scheduler"
 
-# The policy's public API (the page allocator's lives in scheduler.pages).
-from .config import RUNGS, Priority, SchedulerConfig, TenantConfig  # noqa: E402
+# The policy's public API (the page allocator's lives in scheduler.pages) and its
+# vocabularies (scheduler.vocab).
+from .config import Priority, SchedulerConfig, TenantConfig  # noqa: E402
 from .core import Scheduler  # noqa: E402
 from .output import (  # noqa: E402
     Admission,
@@ -17,17 +18,42 @@ from .output import (  # noqa: E402
     SchedulerOutput,
     StepResult,
 )
-from .stream import Flag, StreamSpec, StreamState  # noqa: E402
+from .stream import StreamSpec  # noqa: E402
+from .vocab import (  # noqa: E402
+    RUNGS,
+    TIERS,
+    Action,
+    EndReason,
+    Event,
+    Flag,
+    Format,
+    PassKind,
+    PlanKind,
+    RejectReason,
+    Rung,
+    StreamState,
+    Tier,
+    Unit,
+)
 
 __all__ = [
     "QVG_SERVE_PACKAGE",
     "RUNGS",
+    "TIERS",
+    "Action",
     "Admission",
     "BatchItem",
+    "EndReason",
     "EndedStream",
+    "Event",
     "Flag",
+    "Format",
     "Order",
+    "PassKind",
+    "PlanKind",
     "Priority",
+    "RejectReason",
+    "Rung",
     "Scheduler",
     "SchedulerConfig",
     "SchedulerOutput",
@@ -35,4 +61,6 @@ __all__ = [
     "StreamSpec",
     "StreamState",
     "TenantConfig",
+    "Tier",
+    "Unit",
 ]

@@ -11,8 +11,9 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 from types import MappingProxyType
 
-RUNGS = ("encode", "reencode", "offload", "drop", "preempt", "refuse")
-"""The memory-pressure ladder, cheapest loss first (DESIGN.md); rung n is RUNGS[n - 1]."""
+from .vocab import RUNGS, Format, Rung
+
+__all__ = ["RUNGS", "Priority", "SchedulerConfig", "TenantConfig"]
 
 
 class Priority(IntEnum):
@@ -77,15 +78,15 @@ class SchedulerConfig:
     max_span_pages: int = 24
     """Most pages encoded as one span: bounds one encode's transient destination (and its
     latency); 24 pages already make the codebook ~1/24 of a page each."""
-    early_format: str = "qvg-int4"
+    early_format: str = Format.QVG_INT4
     """Format of rung 1 (early encode): near-lossless, so the first loss is the smallest."""
-    deep_format: str = "qvg-int2"
+    deep_format: str = Format.QVG_INT2
     """Format of rung 2 (re-encode): ~7x smaller than BF16 at QVG's measured quality."""
     high_watermark: float = 0.90
     """GPU pool use (projected) above which the ladder starts; headroom for encode targets."""
     low_watermark: float = 0.80
     """The ladder frees down to this use, so it does not fire again at the very next commit."""
-    rungs: frozenset[str] = frozenset(RUNGS)
+    rungs: frozenset[Rung] = frozenset(RUNGS)
     """Ladder rungs enabled (names from RUNGS); drop 'encode'/'reencode' for BF16-only paging."""
     retry_after_s: float = 5.0
     """Retry-After of a refusal: about one chunk of a few streams, when memory may be back."""
@@ -131,10 +132,12 @@ class SchedulerConfig:
             )
         unknown = sorted(set(self.rungs) - set(RUNGS))
         if unknown:
-            raise ValueError(f"rungs has unknown names {unknown}; use names from {RUNGS}")
+            raise ValueError(
+                f"rungs has unknown names {unknown}; use names from {tuple(map(str, RUNGS))}"
+            )
         if not 0.0 <= self.deadline_share <= 1.0:
             raise ValueError(f"deadline_share = {self.deadline_share}; it must be in [0, 1]")
-        if self.early_format == "bf16" or self.deep_format == "bf16":
+        if Format.BF16 in (self.early_format, self.deep_format):
             raise ValueError("early_format / deep_format must be quantized formats, not 'bf16'")
         for klass, weight in self.priority_weights.items():
             if not weight > 0:
@@ -142,7 +145,7 @@ class SchedulerConfig:
         for name, tenant in self.tenants.items():
             if not isinstance(tenant, TenantConfig):
                 raise ValueError(f"tenants[{name!r}] must be a TenantConfig, got {tenant!r}")
-        object.__setattr__(self, "rungs", frozenset(self.rungs))
+        object.__setattr__(self, "rungs", frozenset(Rung(r) for r in self.rungs))
         object.__setattr__(self, "priority_weights", MappingProxyType(dict(self.priority_weights)))
         object.__setattr__(self, "tenants", MappingProxyType(dict(self.tenants)))
 

@@ -1,26 +1,30 @@
 """The scheduler: one `schedule()` decides a step, one `update()` takes the runner's report.
 
 Standard library only. The engine owns the loop; the runner owns tensors; this owns decisions.
+The streams and their transitions live in the `Lifecycle` it owns (lifecycle.py), the
+pressure ladder in its `Ladder` (ladder.py) acting through `PoolOps` (rungs.py).
 """
 
 from __future__ import annotations
 
 import time
+from collections import Counter, OrderedDict
 from collections.abc import Callable
 
 from .config import SchedulerConfig
 from .ladder import LOSSLESS, LOSSY, Ladder
 from .layout import OutOfPages
 from .lifecycle import Lifecycle
-from .output import COMMIT, DENOISE, RECOMPUTE, BatchItem, Effects, SchedulerOutput, StepResult
+from .output import Admission, BatchItem, Effects, EndedStream, SchedulerOutput, StepResult
 from .pages import PageAllocator
-from .stream import Event, Flag, Stream, StreamState
+from .rungs import PoolOps
+from .runqueue import RunQueue
+from .stream import Stream, StreamSpec
+from .tenants import TenantBook
+from .vocab import EndReason, Flag, Format, PassKind, PlanKind, Rung, StreamState, Tier, Unit
 
-ADMIT_PER_STEP = 16
-"""Waiting streams admitted per step at most: bounds a step's cost under a burst."""
 
-
-class Scheduler(Lifecycle):
+class Scheduler:
     """Continuous batching of many video streams over one paged pool, with the pressure ladder.
 
     `allocator` is the pool's PageAllocator (the scheduler is its only client for stream
@@ -33,14 +37,65 @@ class Scheduler(Lifecycle):
         allocator: PageAllocator,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        super().__init__(config, allocator)
+        self.config = config
+        self.alloc = allocator
         self.clock = clock
+        self.book = TenantBook(config)
+        self.ops = PoolOps(config, allocator, book=self.book)
         self.ladder = Ladder(config, self.ops, self.book)
-        self.counters = self.ops.counters
+        self.queue = RunQueue()
+        self.lifecycle = Lifecycle(config, allocator, self.ops, self.ladder, self.queue)
+        self.counters: Counter[str] = self.ops.counters
+        self.step = 0
+        self.refusing = False
         self._batch: dict[int, BatchItem] = {}
         self._deadline_slots = int(config.max_batch_streams * config.deadline_share)
         self._lossy_dry = -1  # step whose pool-wide lossy search found nothing (skip repeats)
         self._lossless_done = -1  # step whose pool-wide rungs 1-3 already ran for a commit
+
+    # -- client actions (the lifecycle makes the transitions, at the last step) ----------------
+
+    def submit(self, spec: StreamSpec) -> Admission:
+        """Queue a new stream, or reject it with a reason (the API's 429 + Retry-After)."""
+        return self.lifecycle.submit(spec, self.step, self.refusing)
+
+    def cancel(self, stream_id: int, reason: str = EndReason.CANCELLED) -> bool:
+        """End a stream now and free its pages; False if it is unknown or already ended."""
+        return self.lifecycle.stop(stream_id, StreamState.CANCELLED, reason, self.step)
+
+    def close(self, stream_id: int) -> bool:
+        """The client is done with an open-ended stream: it finishes, pages freed now."""
+        return self.lifecycle.stop(stream_id, StreamState.FINISHED, EndReason.CLOSED, self.step)
+
+    def pause(self, stream_id: int, paused: bool = True) -> bool:
+        """Client pause or backpressure (paused) / resume (not paused). Idle keeps its pages."""
+        return self.lifecycle.pause(stream_id, paused, self.step)
+
+    def get(self, stream_id: int) -> Stream | EndedStream | None:
+        """Live stream, or the summary of an ended one, or None."""
+        return self.lifecycle.get(stream_id)
+
+    @property
+    def streams(self) -> dict[int, Stream]:
+        """Every stream not ended, by id (read-only for callers)."""
+        return self.lifecycle.streams
+
+    @property
+    def admitted(self) -> dict[int, Stream]:
+        """Running, idle or preempted streams, by id."""
+        return self.lifecycle.admitted
+
+    @property
+    def ended(self) -> OrderedDict[int, EndedStream]:
+        """Summaries of the last KEEP_ENDED ended streams, oldest first."""
+        return self.lifecycle.ended
+
+    @property
+    def n_waiting(self) -> int:
+        """Streams submitted and not yet admitted."""
+        return self.lifecycle.n_waiting
+
+    # -- one step ------------------------------------------------------------------------------
 
     def schedule(self) -> SchedulerOutput:
         """Decide one engine step. In order:
@@ -61,13 +116,13 @@ class Scheduler(Lifecycle):
         self.step += 1
         fx = Effects(self.step)
         now = self.clock()
-        self._resume()
-        admitted = self._admit(now, fx)
+        life = self.lifecycle
+        life.resume(self.step)
+        admitted = life.admit(now, fx)
         self._batch = {item.stream_id: item for item in self._select(fx, now)}
-        use = self._pressure(fx)
-        freed = tuple(self._freed) + tuple(fx.freed)
-        ended = tuple(self._ended_since)
-        self._freed, self._ended_since = [], []
+        use, self.refusing = self.ladder.pressure(life.admitted.values(), self._batch, fx)
+        freed, ended = life.drain()
+        freed += tuple(fx.freed)
         return SchedulerOutput(
             self.step, tuple(self._batch.values()), tuple(fx.orders), freed, admitted,
             tuple(fx.preempted), tuple(fx.degraded), ended, self.refusing,
@@ -88,85 +143,39 @@ class Scheduler(Lifecycle):
             self.ops.finish(plan_id, False, self.step)
         failed = dict(result.failed)
         advanced = set(result.advanced)
+        streams = self.lifecycle.streams
         for sid, item in self._batch.items():
-            s = self.streams.get(sid)
+            s = streams.get(sid)
             if s is None:
                 continue  # ended meanwhile (cancel): its pages are already released
             if sid not in failed and sid in advanced:
                 self._advance(s, item)
             elif item.new_pages:
-                self._freed.extend(self.alloc.release(sid, item.new_pages))
+                self.lifecycle.freed.extend(self.alloc.release(sid, item.new_pages))
                 self.book.add_pages(s, -len(item.new_pages))
         for sid, reason in failed.items():
-            if sid in self.streams:
-                self._end(self.streams[sid], StreamState.FAILED, reason)
+            if sid in streams:
+                self.lifecycle.end(streams[sid], StreamState.FAILED, reason, self.step)
         self._batch = {}
 
     # -- steps of schedule() -------------------------------------------------------------------
 
     def _advance(self, s: Stream, item: BatchItem) -> None:
-        if item.kind == DENOISE:
+        if item.kind == PassKind.DENOISE:
             s.step += 1
             return
         s.append(list(item.new_pages), self.config.sink_pages)
         self.ops.touch(s)
-        if item.kind == RECOMPUTE:
+        if item.kind == PassKind.RECOMPUTE:
             s.flags.discard(Flag.RECOMPUTE)
             s.rebuild = 0
             return
         s.chunk += 1
         s.step = 0
         if s.done:
-            self._end(s, StreamState.FINISHED, "completed")
+            self.lifecycle.end(s, StreamState.FINISHED, EndReason.COMPLETED, self.step)
         elif s.spec.target_fps is not None and s.state is StreamState.RUNNING:
             self.queue.push(s)  # its deadline moved to the next chunk
-
-    def _limit(self, fraction: float) -> int:
-        return int(fraction * self.ladder.total)
-
-    def _resume(self) -> None:
-        """PREEMPTED -> RUNNING for the best preempted stream, if the pool is below low."""
-        waiting = [s for s in self.ops.preempted.values() if not s.paused]
-        if not waiting:
-            return
-        s = min(waiting, key=lambda x: (-x.spec.priority, x.preempted_at, x.seq))
-        back = s.rebuild if Flag.RECOMPUTE in s.flags else s.n_pages() - s.gpu_pages
-        cost = back * self.ops.page_bytes["bf16"]  # upper bound: CPU pages may be quantized
-        if s.plans or not self.book.fits_cap(s.spec.tenant, back):
-            return
-        if self.ladder.projected_used() + cost > self._limit(self.config.low_watermark):
-            return
-        del self.ops.preempted[s.id]
-        s.state = StreamState.RUNNING
-        s.record(self.step, Event.RESTORE)
-        self.queue.join(s)
-
-    def _admit(self, now: float, fx: Effects) -> tuple[int, ...]:
-        """WAITING -> RUNNING while memory and tenant caps allow (a few per step). A stream
-        that does not fit starts rungs 1-3 (never a loss for others) and waits for them."""
-        out: list[int] = []
-        skipped: list[Stream] = []
-        used = self.ladder.projected_used()
-        high = self._limit(self.config.high_watermark)
-        while not self.ops.preempted and len(out) < ADMIT_PER_STEP:
-            s = self._pop_waiting()
-            if s is None:
-                break
-            first = (self.config.sink_pages + s.spec.pages_per_chunk) * self.ops.page_bytes["bf16"]
-            if used + first > high:
-                skipped.append(s)
-                need = used + first - self._limit(self.config.low_watermark)
-                self.ladder.relieve(need, self.admitted.values(), (), LOSSLESS, None, fx)
-                break
-            if not self.book.fits_cap(s.spec.tenant, s.spec.pages_per_chunk):
-                skipped.append(s)
-                continue
-            used += first
-            self._start(s, now)
-            out.append(s.id)
-        for s in skipped:
-            self._unpop_waiting(s)
-        return tuple(out)
 
     def _select(self, fx: Effects, now: float) -> list[BatchItem]:
         """The batch, best candidates first; every stream looked at goes back in the queue."""
@@ -201,20 +210,21 @@ class Scheduler(Lifecycle):
         """Count a pick without memory; past max_blocked_steps the stream fails explicitly."""
         s.blocked += 1
         if s.blocked > self.config.max_blocked_steps and not s.plans:
-            self._end(s, StreamState.FAILED, "kv_exhausted: no room for its next pass")
+            self.lifecycle.end(s, StreamState.FAILED, EndReason.KV_EXHAUSTED, self.step)
 
     def _prepare(self, s: Stream, fx: Effects, batch: set[int], tokens: int) -> BatchItem | None:
         """`s`'s pass this step, or None if it must wait (reload, or no room for its pages)."""
-        if any(self.ops.pending[p].plan.kind == "move" for p in s.plans):
+        move, gpu = PlanKind.MOVE, Tier.GPU  # locals: an enum attribute read costs ~0.3 us
+        if any(self.ops.pending[p].plan.kind == move for p in s.plans):
             return None
-        if any(seg.tier != "gpu" for seg in s.segments):
+        if any(seg.tier != gpu for seg in s.segments):
             self._reload(s, fx, batch)
             return None
-        kind, n = DENOISE, 0
+        kind, n = PassKind.DENOISE, 0
         if Flag.RECOMPUTE in s.flags:
-            kind, n = RECOMPUTE, s.rebuild
+            kind, n = PassKind.RECOMPUTE, s.rebuild
         elif s.committing:
-            kind, n = COMMIT, s.spec.pages_per_chunk
+            kind, n = PassKind.COMMIT, s.spec.pages_per_chunk
         new: tuple[int, ...] = ()
         if n:
             got = self._allocate(s, n, fx, batch)
@@ -226,43 +236,45 @@ class Scheduler(Lifecycle):
     def _reload(self, s: Stream, fx: Effects, batch: set[int]) -> None:
         if self.ops.reload(s, fx):
             return
-        need = sum(len(x.pages) for x in s.segments if x.tier != "gpu")
+        gpu = Tier.GPU
+        need = sum(len(x.pages) for x in s.segments if x.tier != gpu)
         room = self.book.cap_room(s.spec.tenant)
         if room is not None and room < need:
-            self._make_room(s, need - room, fx, batch, "pages")
-        self._make_room(s, need * self.ops.page_bytes["bf16"], fx, batch, "bytes")
+            self._make_room(s, need - room, fx, batch, Unit.PAGES)
+        self._make_room(s, need * self.ops.page_bytes[Format.BF16], fx, batch, Unit.BYTES)
         self.ops.reload(s, fx)
 
     def _allocate(self, s: Stream, n: int, fx: Effects, batch: set[int]) -> tuple[int, ...] | None:
         """`n` new BF16 pages for `s`, making room under its tenant cap and in the pool."""
         room = self.book.cap_room(s.spec.tenant)
         if room is not None and room < n:
-            if not self._make_room(s, n - room, fx, batch, "pages"):
+            if not self._make_room(s, n - room, fx, batch, Unit.PAGES):
                 return None  # an offload of its tenant's pages commits by the next step
-            if not self.book.fits_cap(s.spec.tenant, n) and "drop" in self.config.rungs:
+            if not self.book.fits_cap(s.spec.tenant, n) and Rung.DROP in self.config.rungs:
                 self.ops.drop(s, fx)  # last resort: its own middle history
             if not self.book.fits_cap(s.spec.tenant, n):
                 return None
-        pages = self.alloc.allocate(s.id, "bf16", n)
+        bf16 = Format.BF16
+        pages = self.alloc.allocate(s.id, bf16, n)
         if isinstance(pages, OutOfPages):
-            if not self._make_room(s, n * self.ops.page_bytes["bf16"], fx, batch, "bytes"):
+            if not self._make_room(s, n * self.ops.page_bytes[bf16], fx, batch, Unit.BYTES):
                 return None
-            pages = self.alloc.allocate(s.id, "bf16", n)
-            if isinstance(pages, OutOfPages) and "drop" in self.config.rungs:
+            pages = self.alloc.allocate(s.id, bf16, n)
+            if isinstance(pages, OutOfPages) and Rung.DROP in self.config.rungs:
                 self.ops.drop(s, fx)  # nobody else may lose more: its own middle history
-                pages = self.alloc.allocate(s.id, "bf16", n)
+                pages = self.alloc.allocate(s.id, bf16, n)
             if isinstance(pages, OutOfPages):
                 return None
         self.book.add_pages(s, n)
         return pages
 
-    def _make_room(self, s: Stream, need: int, fx: Effects, batch: set[int], unit: str) -> bool:
+    def _make_room(self, s: Stream, need: int, fx: Effects, batch: set[int], unit: Unit) -> bool:
         """Lossless rungs first; if their plans (next step) cannot cover `need`, lossy ones
         (at once). True if room may be there now (the caller retries)."""
-        tenant = s.spec.tenant if unit == "pages" else None
+        tenant = s.spec.tenant if unit == Unit.PAGES else None
         exclude = batch | {s.id}
-        pending = self.ops.pending_frees if unit == "bytes" else 0
-        pool = self.admitted.values()
+        pending = self.ops.pending_frees if unit == Unit.BYTES else 0
+        pool = self.lifecycle.admitted.values()
         got = 0
         if tenant is not None or self._lossless_done != self.step:
             got = self.ladder.relieve(need, pool, exclude, LOSSLESS, s, fx, unit, tenant)
@@ -275,20 +287,6 @@ class Scheduler(Lifecycle):
         if not self.ladder.relieve(need - got, pool, exclude, LOSSY, s, fx, unit, tenant):
             self._lossy_dry = self.step if tenant is None else self._lossy_dry
         return True
-
-    def _pressure(self, fx: Effects) -> float:
-        """Rungs 1-3 above the high watermark; rung 6 while they cannot get under it."""
-        used = self.ladder.projected_used()
-        high, low = self._limit(self.config.high_watermark), self._limit(self.config.low_watermark)
-        short = False
-        if used > high:
-            got = self.ladder.relieve(
-                used - low, self.admitted.values(), self._batch, LOSSLESS, None, fx
-            )
-            used -= got
-            short = used > high
-        self.refusing = "refuse" in self.config.rungs and (short or bool(self.ops.preempted))
-        return max(0.0, used / self.ladder.total)
 
 
 def _runnable(s: Stream) -> bool:

@@ -1,4 +1,4 @@
-"""Stream lifecycle outside the step: submit, cancel, close, pause, and how streams end.
+"""Stream lifecycle: the registry of streams and every transition outside the batch.
 
     submit -> WAITING --admit--> RUNNING <--pause/unpause--> IDLE
                  |                  |  ^                       |
@@ -6,8 +6,11 @@
                  v                  v                   |      v
              CANCELLED     FINISHED / FAILED        PREEMPTED (ladder rung 5)
 
-Every end releases all of the stream's pages at once (aborting its pending plans first) and
-leaves an EndedStream with the reason.
+`Lifecycle` is owned by the `Scheduler` (core.py): the scheduler decides steps and batches,
+this object holds the streams and makes the transitions, each recorded at the scheduler's
+`step` (passed in). Every end releases all of the stream's pages at once (aborting its
+pending plans first) and leaves an EndedStream with the reason. Pages freed and streams
+ended between two schedule() calls wait in `freed` / `ended_since` for the next one.
 """
 
 from __future__ import annotations
@@ -16,83 +19,88 @@ import heapq
 from collections import OrderedDict
 
 from .config import SchedulerConfig
-from .output import Admission, EndedStream
+from .ladder import LOSSLESS, Ladder
+from .output import Admission, Effects, EndedStream
 from .pages import PageAllocator
 from .rungs import PoolOps
 from .runqueue import RunQueue
-from .stream import Event, Flag, Stream, StreamSpec, StreamState
+from .stream import Event, Stream, StreamSpec
 from .tenants import TenantBook
+from .vocab import Flag, Format, RejectReason, Rung, StreamState
 
 KEEP_ENDED = 4096
 """Ended streams remembered for status queries (oldest forgotten first)."""
 
+ADMIT_PER_STEP = 16
+"""Waiting streams admitted per step at most: bounds a step's cost under a burst."""
+
 
 class Lifecycle:
-    """Stream registry and the transitions clients cause; the Scheduler extends it."""
+    """Every stream not forgotten, by state, and the transitions between states."""
 
-    def __init__(self, config: SchedulerConfig, alloc: PageAllocator) -> None:
+    def __init__(
+        self,
+        config: SchedulerConfig,
+        alloc: PageAllocator,
+        ops: PoolOps,
+        ladder: Ladder,
+        queue: RunQueue,
+    ) -> None:
         self.config = config
         self.alloc = alloc
-        self.book = TenantBook(config)
-        self.ops = PoolOps(config, alloc, book=self.book)
-        self.queue = RunQueue()
+        self.ops = ops
+        self.book: TenantBook = ops.book
+        self.ladder = ladder
+        self.queue = queue
         self.streams: dict[int, Stream] = {}  # every stream not ended
         self.admitted: dict[int, Stream] = {}  # running, idle or preempted
         self.ended: OrderedDict[int, EndedStream] = OrderedDict()
         self._waiting: list[tuple[int, int, Stream]] = []  # heap: (-priority, seq, stream)
         self.n_waiting = 0
-        self.step = 0
-        self.refusing = False
         self._seq = 0
-        self._freed: list[int] = []  # pages freed outside schedule(), reported by the next one
-        self._ended_since: list[tuple[int, str]] = []
-        bf16_per_block = alloc.layout.block_bytes // alloc.layout.page_bytes["bf16"]
-        self.bf16_capacity = alloc.layout.gpu_blocks * bf16_per_block
+        self.freed: list[int] = []  # pages freed outside schedule(), reported by the next one
+        self.ended_since: list[tuple[int, str]] = []  # ends since the last schedule()
+        layout = alloc.layout
+        self.bf16_capacity = layout.gpu_blocks * (
+            layout.block_bytes // layout.page_bytes[Format.BF16]
+        )
 
     # -- client actions ------------------------------------------------------------------------
 
-    def submit(self, spec: StreamSpec) -> Admission:
+    def submit(self, spec: StreamSpec, step: int, refusing: bool) -> Admission:
         """Queue a new stream, or reject it with a reason (the API's 429 + Retry-After)."""
         cfg = self.config
         if spec.stream_id in self.streams or spec.stream_id in self.ended:
-            return Admission(False, "duplicate")
+            return Admission(False, RejectReason.DUPLICATE)
         least = cfg.sink_pages + cfg.window_pages + spec.pages_per_chunk
         cap = cfg.tenant(spec.tenant).page_cap
         if spec.chunk_tokens > cfg.max_batch_tokens or least > min(
             self.bf16_capacity, cap if cap is not None else least
         ):
-            return Admission(False, "too_large")
-        if self.refusing:
-            self.ops.counters["refuse"] += 1
-            return Admission(False, "kv_pressure", cfg.retry_after_s)
+            return Admission(False, RejectReason.TOO_LARGE)
+        if refusing:
+            self.ops.counters[Rung.REFUSE] += 1
+            return Admission(False, RejectReason.KV_PRESSURE, cfg.retry_after_s)
         if self.n_waiting >= cfg.max_waiting:
-            self.ops.counters["queue_full"] += 1
-            return Admission(False, "queue_full", cfg.retry_after_s)
+            self.ops.counters[RejectReason.QUEUE_FULL] += 1
+            return Admission(False, RejectReason.QUEUE_FULL, cfg.retry_after_s)
         self._seq += 1
         s = Stream(spec, self._seq)
-        s.record(self.step, Event.SUBMITTED)
+        s.record(step, Event.SUBMITTED)
         self.streams[spec.stream_id] = s
         heapq.heappush(self._waiting, (-spec.priority, s.seq, s))
         self.n_waiting += 1
         return Admission(True)
 
-    def cancel(self, stream_id: int, reason: str = "cancelled") -> bool:
-        """End a stream now and free its pages; False if it is unknown or already ended."""
+    def stop(self, stream_id: int, state: StreamState, reason: str, step: int) -> bool:
+        """End a live stream now (cancel, close); False if it is unknown or already ended."""
         s = self.streams.get(stream_id)
         if s is None:
             return False
-        self._end(s, StreamState.CANCELLED, reason)
+        self.end(s, state, reason, step)
         return True
 
-    def close(self, stream_id: int) -> bool:
-        """The client is done with an open-ended stream: it finishes, pages freed now."""
-        s = self.streams.get(stream_id)
-        if s is None:
-            return False
-        self._end(s, StreamState.FINISHED, "closed")
-        return True
-
-    def pause(self, stream_id: int, paused: bool = True) -> bool:
+    def pause(self, stream_id: int, paused: bool, step: int) -> bool:
         """Client pause or backpressure (paused) / resume (not paused). Idle keeps its pages."""
         s = self.streams.get(stream_id)
         if s is None or s.paused == paused:
@@ -100,11 +108,11 @@ class Lifecycle:
         s.paused = paused
         if paused and s.state is StreamState.RUNNING:
             s.state = StreamState.IDLE
-            s.record(self.step, Event.IDLE)
+            s.record(step, Event.IDLE)
             self.ops.touch(s)  # idle: now a candidate for offload
         elif not paused and s.state is StreamState.IDLE:
             s.state = StreamState.RUNNING
-            s.record(self.step, Event.ACTIVE)
+            s.record(step, Event.ACTIVE)
             self.queue.join(s)
         return True
 
@@ -112,7 +120,53 @@ class Lifecycle:
         """Live stream, or the summary of an ended one, or None."""
         return self.streams.get(stream_id) or self.ended.get(stream_id)
 
-    # -- transitions the step causes -----------------------------------------------------------
+    # -- admission and resume (steps 1 and 2 of schedule()) ------------------------------------
+
+    def resume(self, step: int) -> None:
+        """PREEMPTED -> RUNNING for the best preempted stream, if the pool is below low."""
+        waiting = [s for s in self.ops.preempted.values() if not s.paused]
+        if not waiting:
+            return
+        s = min(waiting, key=lambda x: (-x.spec.priority, x.preempted_at, x.seq))
+        back = s.rebuild if Flag.RECOMPUTE in s.flags else s.n_pages() - s.gpu_pages
+        cost = back * self.ops.page_bytes[Format.BF16]  # upper bound: CPU pages may be quantized
+        if s.plans or not self.book.fits_cap(s.spec.tenant, back):
+            return
+        if self.ladder.projected_used() + cost > self.ladder.limit(self.config.low_watermark):
+            return
+        del self.ops.preempted[s.id]
+        s.state = StreamState.RUNNING
+        s.record(step, Event.RESTORE)
+        self.queue.join(s)
+
+    def admit(self, now: float, fx: Effects) -> tuple[int, ...]:
+        """WAITING -> RUNNING while memory and tenant caps allow (a few per step). A stream
+        that does not fit starts rungs 1-3 (never a loss for others) and waits for them."""
+        out: list[int] = []
+        skipped: list[Stream] = []
+        used = self.ladder.projected_used()
+        high = self.ladder.limit(self.config.high_watermark)
+        bf16 = self.ops.page_bytes[Format.BF16]
+        while not self.ops.preempted and len(out) < ADMIT_PER_STEP:
+            s = self._pop_waiting()
+            if s is None:
+                break
+            first = (self.config.sink_pages + s.spec.pages_per_chunk) * bf16
+            if used + first > high:
+                skipped.append(s)
+                need = used + first - self.ladder.limit(self.config.low_watermark)
+                self.ladder.relieve(need, self.admitted.values(), (), LOSSLESS, None, fx)
+                break
+            if not self.book.fits_cap(s.spec.tenant, s.spec.pages_per_chunk):
+                skipped.append(s)
+                continue
+            used += first
+            self._start(s, now, fx.step)
+            out.append(s.id)
+        for s in skipped:
+            heapq.heappush(self._waiting, (-s.spec.priority, s.seq, s))
+            self.n_waiting += 1
+        return tuple(out)
 
     def _pop_waiting(self) -> Stream | None:
         """Best waiting stream (highest priority, then oldest), removed from the queue."""
@@ -123,27 +177,32 @@ class Lifecycle:
                 return s
         return None
 
-    def _unpop_waiting(self, s: Stream) -> None:
-        heapq.heappush(self._waiting, (-s.spec.priority, s.seq, s))
-        self.n_waiting += 1
-
-    def _start(self, s: Stream, now: float) -> None:
+    def _start(self, s: Stream, now: float, step: int) -> None:
         """WAITING -> RUNNING (or IDLE when the client paused it while it waited)."""
         s.state = StreamState.IDLE if s.paused else StreamState.RUNNING
         s.started_at = now
         self.admitted[s.id] = s
         self.book.add_stream(s.spec.tenant)
-        s.record(self.step, Event.ADMITTED)
+        s.record(step, Event.ADMITTED)
         if s.state is StreamState.RUNNING:
             self.queue.join(s)
 
-    def _end(self, s: Stream, state: StreamState, reason: str) -> None:
+    def drain(self) -> tuple[tuple[int, ...], tuple[tuple[int, str], ...]]:
+        """(pages freed, (stream, reason) ended) since the last call; both lists start over."""
+        out = tuple(self.freed), tuple(self.ended_since)
+        self.freed, self.ended_since = [], []
+        return out
+
+    # -- the end -------------------------------------------------------------------------------
+
+    def end(self, s: Stream, state: StreamState, reason: str, step: int) -> None:
+        """`s` ends in final `state`: plans aborted, every page released, summary kept."""
         if s.state is StreamState.WAITING:
             self.n_waiting -= 1  # its heap entry is skipped lazily
         self.ops.abort_stream(s)
         self.ops.preempted.pop(s.id, None)
         self.ops.dirty.pop(s.id, None)
-        self._freed.extend(self.alloc.release_stream(s.id))
+        self.freed.extend(self.alloc.release_stream(s.id))
         self.book.add_pages(s, -s.gpu_pages)
         if self.admitted.pop(s.id, None) is not None:
             self.book.remove_stream(s.spec.tenant)
@@ -152,13 +211,13 @@ class Lifecycle:
         s.state = state
         s.end_reason = reason
         s.version += 1
-        s.record(self.step, Event(state.value), reason)
+        s.record(step, Event(state.value), reason)
         del self.streams[s.id]
         degraded = Flag.DEGRADED in s.flags
         summary = EndedStream(
             s.id, s.spec.tenant, state.value, reason, s.chunk, degraded, tuple(s.history)
         )
         self.ended[s.id] = summary
-        self._ended_since.append((s.id, reason))
+        self.ended_since.append((s.id, reason))
         while len(self.ended) > KEEP_ENDED:
             self.ended.popitem(last=False)

@@ -18,17 +18,19 @@ from typing import NamedTuple
 
 from .layout import Plan
 from .stream import Transition
+from .vocab import Action, PassKind
 
-DENOISE = "denoise"
-COMMIT = "commit"
-RECOMPUTE = "recompute"
+DENOISE = PassKind.DENOISE
+COMMIT = PassKind.COMMIT
+RECOMPUTE = PassKind.RECOMPUTE
+"""BatchItem kinds under their old names (the engine imports these)."""
 
 
 class BatchItem(NamedTuple):
     """One stream's pass in this step's forward."""
 
     stream_id: int
-    kind: str
+    kind: PassKind
     """DENOISE (a denoising step), COMMIT (clean latents, t=0: writes new_pages) or RECOMPUTE
     (rebuild the cache of a stream preempted by dropping, from its committed latents)."""
     chunk: int
@@ -48,8 +50,8 @@ class Order(NamedTuple):
 
     plan: Plan
     stream_id: int
-    action: str
-    """One of "encode", "reencode", "offload", "reload", "preempt" (offload of a whole stream)."""
+    action: Action
+    """Why: the rung that made the plan, or RELOAD; PREEMPT is the offload of a whole stream."""
 
 
 class Admission(NamedTuple):
@@ -57,7 +59,7 @@ class Admission(NamedTuple):
 
     accepted: bool
     reason: str = ""
-    """"" when accepted; else "queue_full", "kv_pressure", "too_large", "duplicate", "closed"."""
+    """"" when accepted; else a RejectReason (queue_full, kv_pressure, too_large, duplicate)."""
     retry_after_s: float = 0.0
     """Seconds the client should wait before retrying (0 when retrying cannot help)."""
 
@@ -75,7 +77,11 @@ class SchedulerOutput(NamedTuple):
     preempted: tuple[int, ...]
     degraded: tuple[int, ...]
     ended: tuple[tuple[int, str], ...]
-    """(stream id, end reason) of streams that ended inside schedule() (none today)."""
+    """(stream id, end reason) of every stream that ended since the previous schedule(), by
+    any of four paths: update() (the stream committed its last chunk: "completed"; or the
+    runner reported it in StepResult.failed: the runner's reason), cancel() / close() between
+    steps ("cancelled" or the caller's reason; "closed"), and inside this schedule() itself,
+    when a runnable stream found no memory for max_blocked_steps picks (kv_exhausted)."""
     refusing: bool
     """Rung 6: submit() refuses new streams until memory pressure eases."""
     retry_after_s: float
@@ -103,7 +109,9 @@ class EndedStream(NamedTuple):
     stream_id: int
     tenant: str
     state: str
+    """Its final StreamState's value: "finished", "cancelled" or "failed"."""
     reason: str
+    """An EndReason, or free text from the runner (failed) or the caller (cancel)."""
     chunks: int
     degraded: bool
     history: tuple[Transition, ...] = ()

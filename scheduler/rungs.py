@@ -17,6 +17,7 @@ from .output import Effects, Order
 from .pages import PageAllocator
 from .stream import Event, Flag, Segment, Stream, StreamState
 from .tenants import TenantBook
+from .vocab import Action, Format, PlanKind, Rung, Tier
 
 
 class Gain(NamedTuple):
@@ -30,7 +31,7 @@ NOTHING = Gain(0, 0)
 class Pending(NamedTuple):
     plan: Plan
     stream: Stream
-    action: str
+    action: Action
     frees: int
     """GPU bytes its commit frees (sources; destinations are already counted as used)."""
 
@@ -57,7 +58,7 @@ class PoolOps:
     # -- plan registry -------------------------------------------------------------------------
 
     def _open(
-        self, plan: Plan, s: Stream, segs: list[Segment], action: str, frees: int, fx: Effects
+        self, plan: Plan, s: Stream, segs: list[Segment], action: Action, frees: int, fx: Effects
     ) -> Gain:
         """Register `plan`; its Gain: projected GPU bytes (frees - reserved dst) and pages."""
         for seg in segs:
@@ -68,9 +69,9 @@ class PoolOps:
         fx.orders.append(Order(plan, s.id, action))
         self.counters[action] += 1
         s.record(fx.step, Event(action), _pages(segs))
-        gpu_dst = page_audit.plan_bytes(plan) if plan.tier == "gpu" else 0
-        moved = sum(len(x.pages) for x in segs) if plan.kind == "move" else 0
-        return Gain(frees - gpu_dst, moved if plan.tier == "cpu" else -moved)
+        gpu_dst = page_audit.plan_bytes(plan) if plan.tier == Tier.GPU else 0
+        moved = sum(len(x.pages) for x in segs) if plan.kind == PlanKind.MOVE else 0
+        return Gain(frees - gpu_dst, moved if plan.tier == Tier.CPU else -moved)
 
     def finish(self, plan_id: int, ok: bool, step: int) -> None:
         """Commit (ok) or abort a pending plan; unknown ids (a cancelled stream's) are ignored."""
@@ -88,21 +89,21 @@ class PoolOps:
         if not ok:
             self.alloc.abort(plan)
             stream.record(step, Event.PLAN_FAILED, f"{pend.action} plan {plan_id}")
-            self.counters["plan_failed"] += 1
+            self.counters[Event.PLAN_FAILED] += 1
             return
         self.alloc.commit(plan)
         n = sum(len(s.pages) for s in segs)
         for seg in segs:
-            if plan.kind == "encode":
+            if plan.kind == PlanKind.ENCODE:
                 seg.fmt = plan.fmt or seg.fmt
             else:
                 seg.tier = plan.tier
-        if plan.kind == "move":
-            self.book.add_pages(stream, n if plan.tier == "gpu" else -n)
+        if plan.kind == PlanKind.MOVE:
+            self.book.add_pages(stream, n if plan.tier == Tier.GPU else -n)
 
     def _arrived(self, pend: Pending) -> None:
         """A reload is no longer pending: its pages leave the tenant's incoming count."""
-        if pend.action == "reload":
+        if pend.action == Action.RELOAD:
             self.book.incoming[pend.stream.spec.tenant] -= len(pend.plan.relocations)
 
     def touch(self, s: Stream) -> None:
@@ -128,22 +129,23 @@ class PoolOps:
         if run is None:
             return NOTHING
         first, last = run
-        seg = Segment([p for x in s.segments[first:last] for p in x.pages], "bf16")
+        seg = Segment([p for x in s.segments[first:last] for p in x.pages], Format.BF16)
         s.segments[first:last] = [seg]  # merging free BF16 runs changes no page
         seg = s.split(first, self.config.max_span_pages)
         fmt = self.config.early_format
         plan = self.alloc.begin_encode(s.id, seg.pages, fmt)
         if isinstance(plan, OutOfPages):
             return NOTHING
-        return self._open(plan, s, [seg], "encode", self._bytes([seg]), fx)
+        return self._open(plan, s, [seg], Action.ENCODE, self._bytes([seg]), fx)
 
     def _bf16_run(self, s: Stream) -> tuple[int, int] | None:
         """(first, last + 1) of the first run of free GPU BF16 middle segments, long enough."""
         first, last = s.middle(self.config.sink_pages, self.config.window_pages)
         start, count = None, 0
+        bf16, gpu = Format.BF16, Tier.GPU
         for i in range(first, last):
             seg = s.segments[i]
-            if seg.fmt == "bf16" and seg.tier == "gpu" and seg.free():
+            if seg.fmt == bf16 and seg.tier == gpu and seg.free():
                 start = i if start is None else start
                 count += len(seg.pages)
                 continue
@@ -160,9 +162,9 @@ class PoolOps:
         early, deep = self.config.early_format, self.config.deep_format
         if early == deep:
             return NOTHING
-        total, runs, run = NOTHING, [], []
+        total, runs, run, gpu = NOTHING, [], [], Tier.GPU
         for i, x in enumerate(s.segments):
-            if x.fmt == early and x.tier == "gpu" and x.free():
+            if x.fmt == early and x.tier == gpu and x.free():
                 run.append(i)
             elif run:
                 runs.append(run)
@@ -180,7 +182,7 @@ class PoolOps:
                 continue
             frees = self._bytes([s.segments[i] for i in run])
             s.segments[run[0] : run[-1] + 1] = [seg]
-            total = _add(total, self._open(plan, s, [seg], "reencode", frees, fx))
+            total = _add(total, self._open(plan, s, [seg], Action.REENCODE, frees, fx))
         return total
 
     # -- rung 3: offload, and the reload that undoes it ----------------------------------------
@@ -191,40 +193,45 @@ class PoolOps:
         if not self.has_cpu:
             return NOTHING
         first, last = s.middle(self.config.sink_pages, self.config.window_pages)
-        any_fmt = "encode" not in self.config.rungs
+        any_fmt = Rung.ENCODE not in self.config.rungs
+        gpu, bf16 = Tier.GPU, Format.BF16
         segs = [
             x
             for x in s.segments[first:last]
-            if x.tier == "gpu" and x.free() and (any_fmt or x.fmt != "bf16")
+            if x.tier == gpu and x.free() and (any_fmt or x.fmt != bf16)
         ]
-        return self._move(s, segs, "cpu", "offload", fx)
+        return self._move(s, segs, Tier.CPU, Action.OFFLOAD, fx)
 
     def reload(self, s: Stream, fx: Effects) -> bool:
         """Every free CPU segment of `s` goes back to the GPU; False if they do not fit."""
-        segs = [x for x in s.segments if x.tier != "gpu" and x.free()]
+        gpu = Tier.GPU
+        segs = [x for x in s.segments if x.tier != gpu and x.free()]
         n = sum(len(x.pages) for x in segs)
         if not segs or not self.book.fits_cap(s.spec.tenant, n):
             return False
-        return self._move(s, segs, "gpu", "reload", fx) != NOTHING
+        return self._move(s, segs, gpu, Action.RELOAD, fx) != NOTHING
 
-    def _move(self, s: Stream, segs: list[Segment], tier: str, action: str, fx: Effects) -> Gain:
+    def _move(
+        self, s: Stream, segs: list[Segment], tier: Tier, action: Action, fx: Effects
+    ) -> Gain:
         if not segs:
             return NOTHING
         pages = [p for x in segs for p in x.pages]
         plan = self.alloc.begin_move(pages, tier)
         if isinstance(plan, OutOfPages):
             return NOTHING
-        frees = self._bytes(segs) if tier == "cpu" else 0
-        if action == "reload":
+        frees = self._bytes(segs) if tier == Tier.CPU else 0
+        if action == Action.RELOAD:
             self.book.incoming[s.spec.tenant] += len(pages)  # the cap counts them already
         return self._open(plan, s, segs, action, frees, fx)
 
     def _bytes(self, segs: list[Segment]) -> int:
         """GPU bytes of `segs` (a quantized segment is one span: its codebook counts too)."""
+        gpu = Tier.GPU  # a local: the generator reads it per segment
         return sum(
             len(x.pages) * self.page_bytes[x.fmt] + self.codebook_bytes[x.fmt]
             for x in segs
-            if x.tier == "gpu"
+            if x.tier == gpu
         )
 
     # -- rungs 4 and 5: drop middle history, preempt -------------------------------------------
@@ -239,7 +246,7 @@ class PoolOps:
         s.dropped_pages += sum(len(x.pages) for x in segs)
         s.flags.add(Flag.DEGRADED)
         fx.degraded.append(s.id)
-        self.counters["drop"] += 1
+        self.counters[Rung.DROP] += 1
         s.record(fx.step, Event.DROP, _pages(segs))
         return gain
 
@@ -251,8 +258,9 @@ class PoolOps:
         """
         if s.plans:
             return NOTHING
-        gpu = [x for x in s.segments if x.tier == "gpu"]
-        gain = self._move(s, gpu, "cpu", "preempt", fx) if self.has_cpu else NOTHING
+        on_gpu = Tier.GPU
+        gpu = [x for x in s.segments if x.tier == on_gpu]
+        gain = self._move(s, gpu, Tier.CPU, Action.PREEMPT, fx) if self.has_cpu else NOTHING
         if gain == NOTHING:
             n = s.n_pages()
             keep = min(n, self.config.sink_pages + self.config.window_pages)
@@ -262,7 +270,7 @@ class PoolOps:
             if n > keep:
                 s.flags.add(Flag.DEGRADED)
             s.rebuild = keep
-            self.counters["preempt"] += 1
+            self.counters[Rung.PREEMPT] += 1
             s.record(fx.step, Event.PREEMPT, f"dropped {n} pages, rebuild {keep}")
         s.state = StreamState.PREEMPTED
         s.preempted_at = fx.step
@@ -273,7 +281,8 @@ class PoolOps:
     def _release(self, s: Stream, segs: list[Segment], fx: Effects) -> Gain:
         pages = [p for x in segs for p in x.pages]
         nbytes = self._bytes(segs)
-        gpu_pages = sum(len(x.pages) for x in segs if x.tier == "gpu")
+        gpu = Tier.GPU
+        gpu_pages = sum(len(x.pages) for x in segs if x.tier == gpu)
         fx.freed.extend(self.alloc.release(s.id, pages))
         ids = {id(x) for x in segs}
         s.segments = [x for x in s.segments if id(x) not in ids]

@@ -19,6 +19,7 @@ from .layout import PoolLayout
 from .output import SchedulerOutput, StepResult
 from .pages import PageAllocator
 from .stream import StreamSpec
+from .vocab import Format, PassKind
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,7 +140,9 @@ class Simulator:
         failed = tuple(
             (b.stream_id, "injected runner failure")
             for b in out.batch
-            if b.stream_id in self.workload.fail_streams and b.chunk == 1 and b.kind == "commit"
+            if b.stream_id in self.workload.fail_streams
+            and b.chunk == 1
+            and b.kind == PassKind.COMMIT
         )
         gone = {sid for sid, _ in failed}
         advanced = tuple(b.stream_id for b in out.batch if b.stream_id not in gone)
@@ -178,8 +181,8 @@ def toy_layout(gpu_pages: int, cpu_pages: int = 0) -> PoolLayout:
         block_bytes=1000,
         gpu_blocks=gpu_pages,
         cpu_blocks=cpu_pages,
-        page_bytes={"bf16": 1000, "qvg-int4": 262, "qvg-int2": 137},
-        codebook_bytes={"qvg-int4": 164, "qvg-int2": 164},
+        page_bytes={Format.BF16: 1000, Format.QVG_INT4: 262, Format.QVG_INT2: 137},
+        codebook_bytes={Format.QVG_INT4: 164, Format.QVG_INT2: 164},
     )
 
 

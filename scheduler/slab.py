@@ -69,10 +69,6 @@ class TierSlab:
         free = len(self._free_blocks)
         return blocks_short(demands, self._typed_free, self.per_block, free, self.tier)
 
-    def kind_of(self, block: int) -> str | None:
-        """Kind `block` is typed to, None if free."""
-        return self._kind[block]
-
     def offset(self, kind: str, block: int, slot: int) -> int:
         """Byte offset of (block, slot) in this tier's arena."""
         return block * self.block_bytes + slot * self.item_bytes[kind]

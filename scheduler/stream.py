@@ -1,4 +1,6 @@
-"""A stream (one video being generated), its lifecycle and its page table.
+"""A stream (one video being generated): its spec, its state and its page table.
+
+Its states, flags and history events are vocabularies: `vocab.StreamState`, `Flag`, `Event`.
 
     page table of one stream (oldest left), as runs of pages ("segments"):
 
@@ -13,53 +15,12 @@ about every page: the ladder works on segments (a few per stream), never on sing
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import Enum
 from typing import NamedTuple
 
 from .config import Priority
+from .vocab import Event, Flag, Format, StreamState, Tier
 
-
-class StreamState(str, Enum):
-    """Where a stream is in its life; FINISHED, CANCELLED and FAILED are final."""
-
-    WAITING = "waiting"  # submitted, queued for admission, holds nothing
-    RUNNING = "running"  # admitted, runnable: gets batch slots
-    IDLE = "idle"  # admitted, paused by the client or backpressure: keeps pages, no compute
-    PREEMPTED = "preempted"  # pages offloaded or dropped by the ladder; resumes later
-    FINISHED = "finished"
-    CANCELLED = "cancelled"
-    FAILED = "failed"
-
-    @property
-    def final(self) -> bool:
-        return self in (StreamState.FINISHED, StreamState.CANCELLED, StreamState.FAILED)
-
-
-class Flag(str, Enum):
-    """Conditions that ride along a state."""
-
-    DEGRADED = "degraded"  # middle history dropped (rung 4) or lost to a recompute
-    RECOMPUTE = "recompute"  # preempted by dropping: its cache is rebuilt from its latents
-
-
-class Event(str, Enum):
-    """What a history entry records; ladder events are named like config.RUNGS."""
-
-    SUBMITTED = "submitted"
-    ADMITTED = "admitted"
-    IDLE = "idle"
-    ACTIVE = "active"
-    ENCODE = "encode"
-    REENCODE = "reencode"
-    OFFLOAD = "offload"
-    RELOAD = "reload"
-    DROP = "drop"
-    PREEMPT = "preempt"
-    RESTORE = "restore"
-    PLAN_FAILED = "plan_failed"
-    FINISHED = "finished"
-    CANCELLED = "cancelled"
-    FAILED = "failed"
+__all__ = ["Event", "Flag", "Segment", "Stream", "StreamSpec", "StreamState", "Transition"]
 
 
 class Transition(NamedTuple):
@@ -121,7 +82,7 @@ class Segment:
 
     __slots__ = ("pages", "fmt", "tier", "plan")
 
-    def __init__(self, pages: list[int], fmt: str, tier: str = "gpu") -> None:
+    def __init__(self, pages: list[int], fmt: str, tier: str = Tier.GPU) -> None:
         self.pages = pages
         self.fmt = fmt
         self.tier = tier
@@ -210,21 +171,17 @@ class Stream:
         if have < sink:
             head, pages = pages[: sink - have], pages[sink - have :]
             last = self.segments[-1] if self.segments else None
-            if last is not None and last.fmt == "bf16" and last.free():
+            if last is not None and last.fmt == Format.BF16 and last.free():
                 last.pages.extend(head)
             else:
-                self.segments.append(Segment(head, "bf16"))
+                self.segments.append(Segment(head, Format.BF16))
         if pages:
             last = self.segments[-1] if self.segments else None
-            if last is not None and have >= sink and last.fmt == "bf16" and last.free():
+            if last is not None and have >= sink and last.fmt == Format.BF16 and last.free():
                 last.pages.extend(pages)
             else:
-                self.segments.append(Segment(list(pages), "bf16"))
+                self.segments.append(Segment(list(pages), Format.BF16))
         self.changed()
-
-    def offloaded(self) -> list[Segment]:
-        """Segments on the CPU tier (they must be reloaded before the stream runs)."""
-        return [s for s in self.segments if s.tier != "gpu"]
 
     def split(self, index: int, n: int) -> Segment:
         """Cut segment `index` after its first `n` pages; returns the first part."""

@@ -123,7 +123,9 @@ class SchedulerSettings(_Strict):
     deep_format: str = _from(SchedulerConfig, "deep_format")
     high_watermark: float = _from(SchedulerConfig, "high_watermark", gt=0, le=1)
     low_watermark: float = _from(SchedulerConfig, "low_watermark", gt=0, le=1)
-    rungs: frozenset[Literal[RUNGS]] = _from(SchedulerConfig, "rungs")  # type: ignore[valid-type]
+    rungs: frozenset[Literal[tuple(r.value for r in RUNGS)]] = _from(  # type: ignore[valid-type]
+        SchedulerConfig, "rungs"
+    )
     retry_after_s: float = _from(SchedulerConfig, "retry_after_s", gt=0)
     deadline_share: float = _from(SchedulerConfig, "deadline_share", ge=0, le=1)
     deadline_horizon_s: float = _from(SchedulerConfig, "deadline_horizon_s", ge=0)

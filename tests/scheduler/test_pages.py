@@ -333,7 +333,7 @@ def test_check_invariants_catches_a_corrupted_record():
     alloc = make()
     (page,) = pages(alloc.allocate(1, "bf16", 1))
     alloc.check_invariants()
-    alloc._pages[page].holders.add(9)  # a holder the stream index does not know
+    alloc._rec.pages[page].holders.add(9)  # a holder the stream index does not know
     with pytest.raises(InvariantError, match="holder"):
         alloc.check_invariants()
 
@@ -341,6 +341,6 @@ def test_check_invariants_catches_a_corrupted_record():
 def test_check_invariants_catches_a_leaked_slot():
     alloc = make()
     pages(alloc.allocate(1, "qvg-int2", 2))
-    alloc._slabs["gpu"].take("qvg-int2")  # a slot no record owns
+    alloc._rec.slabs["gpu"].take("qvg-int2")  # a slot no record owns
     with pytest.raises(InvariantError):
         alloc.check_invariants()
