@@ -15,6 +15,7 @@ import torch
 
 from . import baselines, qvg_ref
 from .container import Encoded
+from .page_layout import codec_layout
 from .spec import CodecSpec, Method, get_spec
 
 BACKENDS = ("auto", "reference", "triton")
@@ -92,26 +93,5 @@ def decode(
 
 def predict_nbytes(spec: CodecSpec | str, shape: tuple[int, int, int, int], role: str = "k") -> int:
     """Exact bytes `encode` stores for a tensor of `shape` (equals `Encoded.nbytes`)."""
-    spec = get_spec(spec)
     b, h, s, d = shape
-    bh, numel = b * h, b * h * s * d
-    if spec.method is Method.BF16:
-        return 2 * numel
-    if spec.method is Method.FP8:
-        return numel + 4 * bh
-    qs = spec.quant
-    assert qs is not None
-    sb = qs.scale_dtype.torch_dtype.itemsize * (1 if qs.symmetric else 2)
-    sos = 4 * bh if qs.scale_dtype.value.startswith("fp8") else 0
-    if spec.method is Method.KIVI and role == "k":
-        s_pad = -(-s // qs.group_size) * qs.group_size
-        return bh * d * s_pad * qs.bits // 8 + bh * d * (s_pad // qs.group_size) * sb + sos
-    total = numel * qs.bits // 8 + bh * s * (d // qs.group_size) * sb + sos
-    if spec.method is Method.QVG:
-        ks = spec.kmeans
-        assert ks is not None
-        per_stage = (
-            bh * ks.centroids * d * ks.centroid_dtype.itemsize + bh * s * ks.id_dtype.itemsize
-        )
-        total += ks.stages * per_stage
-    return total
+    return b * codec_layout(spec, h, s, d, role).nbytes
