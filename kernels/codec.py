@@ -111,11 +111,11 @@ def decode(
         _check_out(enc, out, out_dtype)
         out_dtype = out.dtype
     dtype = out_dtype or torch.bfloat16
-    if enc.spec.method is Method.QVG and _use_triton(backend, enc.device):
+    use_triton = _use_triton(backend, enc.device)  # validates `backend` for every codec
+    if enc.spec.method is Method.QVG and use_triton:
         from . import qvg_triton
 
         return qvg_triton.decode(enc, dtype, out=out)
-    _use_triton(backend, enc.device)  # validates `backend` for the baselines too
     if enc.spec.method is not Method.QVG:
         y = baselines.decode(enc, dtype)
     else:
