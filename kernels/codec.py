@@ -2,6 +2,7 @@
 
     enc = encode(k, "qvg-int2", role="k")          # k: [B, H, S, D], any float dtype
     k_hat = decode(enc)                             # bf16 [B, H, S, D]
+    decode(enc, out=workspace[:, :, a:b])          # written in place, returns the view
     enc2 = encode(k_next, "qvg-int2", warm_start=enc)   # centroid caching across spans
     predict_nbytes("qvg-int2", (1, 12, 1560, 128))  # exact bytes, no encoding
 
@@ -15,6 +16,7 @@ import torch
 
 from . import baselines, qvg_ref
 from .container import Encoded
+from .page_layout import codec_layout
 from .spec import CodecSpec, Method, get_spec
 
 BACKENDS = ("auto", "reference", "triton")
@@ -77,41 +79,51 @@ def encode(
     return qvg_ref.encode(x, spec, role, warm_start)
 
 
+def _check_out(enc: Encoded, out: torch.Tensor, out_dtype: torch.dtype | None) -> None:
+    if tuple(out.shape) != tuple(enc.shape):
+        raise ValueError(f"decode: out has shape {tuple(out.shape)}; it must be {enc.shape}")
+    if out_dtype is not None and out.dtype != out_dtype:
+        raise ValueError(f"decode: out is {out.dtype} but out_dtype is {out_dtype}; drop one")
+    if not out.is_floating_point():
+        raise ValueError(f"decode: out must be a floating point tensor, got {out.dtype}")
+    if out.device != enc.device:
+        raise ValueError(f"decode: out is on {out.device}, the encoded tensors on {enc.device}")
+    if out.stride(-1) != 1:
+        raise ValueError(
+            "decode: out needs unit stride on its last dim (D); slice, don't transpose"
+        )
+
+
 def decode(
-    enc: Encoded, *, out_dtype: torch.dtype = torch.bfloat16, backend: str = "auto"
+    enc: Encoded,
+    *,
+    out_dtype: torch.dtype | None = None,
+    out: torch.Tensor | None = None,
+    backend: str = "auto",
 ) -> torch.Tensor:
-    """Reconstruct [B, H, S, D] in `out_dtype`."""
-    if enc.spec.method is not Method.QVG:
-        return baselines.decode(enc, out_dtype)
-    if _use_triton(backend, enc.device):
+    """Reconstruct [B, H, S, D] in `out_dtype` (default bf16, or `out`'s dtype).
+
+    With `out` (any [B, H, S, D] view with unit stride on D, e.g. a slice of a paged
+    workspace) the result is written there and `out` is returned: the Triton path writes it
+    directly, the reference and baseline paths copy their result in once.
+    """
+    if out is not None:
+        _check_out(enc, out, out_dtype)
+        out_dtype = out.dtype
+    dtype = out_dtype or torch.bfloat16
+    use_triton = _use_triton(backend, enc.device)  # validates `backend` for every codec
+    if enc.spec.method is Method.QVG and use_triton:
         from . import qvg_triton
 
-        return qvg_triton.decode(enc, out_dtype)
-    return qvg_ref.decode(enc, out_dtype)
+        return qvg_triton.decode(enc, dtype, out=out)
+    if enc.spec.method is not Method.QVG:
+        y = baselines.decode(enc, dtype)
+    else:
+        y = qvg_ref.decode(enc, dtype)
+    return y if out is None else out.copy_(y)
 
 
 def predict_nbytes(spec: CodecSpec | str, shape: tuple[int, int, int, int], role: str = "k") -> int:
     """Exact bytes `encode` stores for a tensor of `shape` (equals `Encoded.nbytes`)."""
-    spec = get_spec(spec)
     b, h, s, d = shape
-    bh, numel = b * h, b * h * s * d
-    if spec.method is Method.BF16:
-        return 2 * numel
-    if spec.method is Method.FP8:
-        return numel + 4 * bh
-    qs = spec.quant
-    assert qs is not None
-    sb = qs.scale_dtype.torch_dtype.itemsize * (1 if qs.symmetric else 2)
-    sos = 4 * bh if qs.scale_dtype.value.startswith("fp8") else 0
-    if spec.method is Method.KIVI and role == "k":
-        s_pad = -(-s // qs.group_size) * qs.group_size
-        return bh * d * s_pad * qs.bits // 8 + bh * d * (s_pad // qs.group_size) * sb + sos
-    total = numel * qs.bits // 8 + bh * s * (d // qs.group_size) * sb + sos
-    if spec.method is Method.QVG:
-        ks = spec.kmeans
-        assert ks is not None
-        per_stage = (
-            bh * ks.centroids * d * ks.centroid_dtype.itemsize + bh * s * ks.id_dtype.itemsize
-        )
-        total += ks.stages * per_stage
-    return total
+    return b * codec_layout(spec, h, s, d, role).nbytes

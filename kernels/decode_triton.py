@@ -1,16 +1,16 @@
 """Triton fused QVG decode: unpack + scale (+ zero) + un-rotate + add every stage's centroid.
 
-One program per (row, block of BLOCK_S tokens), all of head_dim (static loop over the D/G
-groups), everything in registers, one pass: each output element is written once and each code
-byte, scale and id is read once from HBM (centroid tables, 64 KiB per row and stage at C=256,
-D=128, stay in L2).
+A tile is `Launch.block_s` tokens x all D/G groups of head_dim, everything in registers, one
+pass: each output element is written once and each code byte, scale and id is read once from
+HBM (centroid tables, 64 KiB per row and stage at C=256, D=128, stay in L2).
 
-Exact un-rotation on tensor cores: a group shares one scale, so
+Exact un-rotation in registers: a group shares one scale, so
     H_n (s * (q - m)) = (s / sqrt(G)) * (H_pm1 (q - m))
-where H_pm1 is the +-1 Sylvester matrix and q - m are half-integers (|.| <= 127.5): both are
-exact in fp16, and the fp32-accumulated dot of them is exact, so only the final multiply
-rounds. (The interpreter gets 16-bit dots wrong, so on CPU the operands stay fp32: same values.)
+where H_pm1 is the +-1 Sylvester matrix and q - m are half-integers (|.| <= 127.5): log2(G)
+butterfly stages of sums and differences are exact in fp32, so only the final multiply rounds.
 Asymmetric groups add z * (column sums of H_n) = z * sqrt(G) on column 0 only.
+The alternatives measured against this path (tensor-core dots, per-byte loads, eviction hints,
+register caps) live in tools/decode_variants.py with the sweep that chose it.
 
 Bytes for qvg-int2 [1, 12, 37440, 128]: reads 14.4 MB codes + 0.9 MB fp8 scales + 0.45 MB ids
 (+ 0.8 MB centroids), writes 115 MB bf16.
@@ -19,6 +19,7 @@ Bytes for qvg-int2 [1, 12, 37440, 128]: reads 14.4 MB codes + 0.9 MB fp8 scales 
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 
 import torch
 import triton
@@ -26,24 +27,29 @@ import triton.language as tl
 
 from .spec import QuantSpec
 
-# defaults (H100 sweep: tools/decode_sweep.py)
-# H100 qvg-int2 [1, 12, 37440, 128] bf16 (tools/decode_sweep.py rot): fwht bs32 w2 waves16
-# 76.7 us = 60.0% of copy; dot_i8 bs32 w4 waves8 77.6 us; dot (old default) 79.1 us; no rotation
-# at all 59.9 us. Smaller/larger tiles or other warp counts were slower for every method.
-BLOCK_S = 32
-NUM_WARPS = 2
-JOIN = True
-NUM_STAGES = 3
-WAVES = 16
-MAXNREG = None  # register cap per thread (occupancy), None: compiler's choice
-EVICT = False  # True: stores evict-first, centroid rows evict-last (H100: no gain, 78.6 vs 79.1 us)
-# un-rotation: "dot" fp16 [BM, G] x [G, G] tensor-core dot of the +-1 matrix; "dot_i8" the same as
-# an int8 dot of 2*(q - m) (exact int32 accumulation, half the operand registers; bits <= 4 and
-# G >= 32, else "dot"); "fwht" log2(G) register butterfly stages (constant geometry: split the
-# even/odd pair, join sum/difference, move the pair bit to the top); "fwht_sum" butterflies as
-# a sum over the pair axis and a select, no permute. All exact: integer-valued fp32 / int32.
-ROT = "fwht"  # small-shape w4: g16 7.9 us (dot 8.8); int4 9.6 (fwht_sum 6.8, dot 48.5)
-_ROT_IDS = {"dot": 0, "dot_i8": 1, "fwht": 2, "fwht_sum": 3}
+
+@dataclass(frozen=True, slots=True)
+class Launch:
+    """Launch shape of the decode kernel (results do not depend on it, only the speed).
+
+    Defaults from the H100 sweep (tools/decode_sweep.py): qvg-int2 [1, 12, 37440, 128] bf16 in
+    76.7 us = 60.0% of a bf16 clone; smaller/larger tiles or other warp counts were slower.
+    """
+
+    block_s: int = 32
+    """Tokens per tile (a tile is block_s * D/G token-groups)."""
+    num_warps: int = 2
+    """Warps per program."""
+    num_stages: int = 3
+    """Software pipelining depth of the tile loop."""
+    waves: int = 16
+    """Persistent grid of waves * SM-count programs; 0: one program per tile."""
+
+    def __post_init__(self) -> None:
+        if self.block_s < 1 or self.block_s & (self.block_s - 1):
+            raise ValueError(f"Launch.block_s = {self.block_s}: use a power of two")
+        if self.num_warps < 1 or self.num_stages < 1 or self.waves < 0:
+            raise ValueError("Launch: num_warps and num_stages must be >= 1, waves >= 0")
 
 
 @triton.jit
@@ -53,41 +59,33 @@ def _unpack(
     ok,
     G: tl.constexpr,
     BITS: tl.constexpr,
-    JOIN: tl.constexpr,
 ):
-    """int32 codes [BM, G] of token-groups n; code j sits at bits (j%K)*BITS of byte j//K."""
+    """int32 codes [BM, G] of token-groups n; code j sits at bits (j%K)*BITS of byte j//K.
+    One (vector) load per byte, then the K fields are interleaved in registers."""
     K: tl.constexpr = 8 // BITS
     MASK: tl.constexpr = (1 << BITS) - 1
     base = codes_ptr + n.to(tl.int64) * (G // K)  # one group's bytes are contiguous
-    if JOIN and K > 1:  # one (vector) load per byte, then interleave the K fields in registers
-        b = tl.load(base[:, None] + tl.arange(0, G // K)[None, :], mask=ok[:, None], other=0)
-        b = b.to(tl.int32)
-        if K == 2:
-            q = tl.join(b & MASK, b >> 4)
-        else:
-            # join appends a minor axis: [j, u, p] <- field 2u+p, flattened to 4j + 2u + p
-            q = tl.join(tl.join(b & 3, (b >> 4) & 3), tl.join((b >> 2) & 3, (b >> 6) & 3))
-        return tl.reshape(q, (n.shape[0], G))
-    offs_c = tl.arange(0, G)  # one (L1-cached) byte load per code: no register shuffles
-    b = tl.load(base[:, None] + offs_c[None, :] // K, mask=ok[:, None], other=0).to(tl.int32)
-    return (b >> ((offs_c % K) * BITS)[None, :]) & MASK
+    b = tl.load(base[:, None] + tl.arange(0, G // K)[None, :], mask=ok[:, None], other=0)
+    b = b.to(tl.int32)
+    if K == 1:
+        return b
+    if K == 2:
+        q = tl.join(b & MASK, b >> 4)
+    else:
+        # join appends a minor axis: [j, u, p] <- field 2u+p, flattened to 4j + 2u + p
+        q = tl.join(tl.join(b & 3, (b >> 4) & 3), tl.join((b >> 2) & 3, (b >> 6) & 3))
+    return tl.reshape(q, (n.shape[0], G))
 
 
 @triton.jit
-def _fwht(x, BM: tl.constexpr, G: tl.constexpr, LOG_G: tl.constexpr, MODE: tl.constexpr):
-    """Unnormalized +-1 Sylvester transform of each row of x [BM, G] (fp32, exact on integers)."""
-    if MODE == 2:  # constant geometry: y[i] = x[2i] + x[2i+1], y[G/2 + i] = x[2i] - x[2i+1]
-        for _ in tl.static_range(LOG_G):
-            a, b = tl.split(tl.reshape(x, (BM, G // 2, 2)))
-            x = tl.reshape(tl.permute(tl.join(a + b, a - b), (0, 2, 1)), (BM, G))
-    else:  # stage j: pairs at stride 2^j, [BM, A, 2, B] with B = 2^j
-        sgn = 1.0 - 2.0 * tl.arange(0, 2).to(tl.float32)
-        for j in tl.static_range(LOG_G):
-            x4 = tl.reshape(x, (BM, G // (2 << j), 2, 1 << j))
-            sm = tl.sum(x4, axis=2)
-            df = tl.sum(x4 * sgn[None, None, :, None], axis=2)
-            top = (tl.arange(0, 2) == 0)[None, None, :, None]
-            x = tl.reshape(tl.where(top, sm[:, :, None, :], df[:, :, None, :]), (BM, G))
+def _fwht(x, BM: tl.constexpr, G: tl.constexpr, LOG_G: tl.constexpr):
+    """Unnormalized +-1 Sylvester transform of each row of x [BM, G] (fp32, exact on integers).
+
+    Constant geometry: every stage maps y[i] = x[2i] + x[2i+1], y[G/2 + i] = x[2i] - x[2i+1]
+    (split the even/odd pair, join sum and difference, move the pair bit to the top)."""
+    for _ in tl.static_range(LOG_G):
+        a, b = tl.split(tl.reshape(x, (BM, G // 2, 2)))
+        x = tl.reshape(tl.permute(tl.join(a + b, a - b), (0, 2, 1)), (BM, G))
     return x
 
 
@@ -116,29 +114,16 @@ def _decode_kernel(
     SYM: tl.constexpr,
     ROTATE: tl.constexpr,
     HAS_SOS: tl.constexpr,
-    DOT_FP32: tl.constexpr,
-    JOIN: tl.constexpr,
     BM: tl.constexpr,
-    EVICT: tl.constexpr,
-    ROT: tl.constexpr,
     LOG_G: tl.constexpr,
 ):
     """Tiles of BM token-groups (flat index n = (row*S + token)*NG + g over all rows): codes,
-    scales and (contiguous) outputs of a tile are contiguous, and one [BM, G] x [G, G] dot
-    un-rotates every group of the tile. A persistent grid strides over the tiles."""
+    scales and (contiguous) outputs of a tile are contiguous; a persistent grid strides over
+    the tiles."""
     LEVELS: tl.constexpr = 1 << BITS
     NG: tl.constexpr = D // G
     offs_c = tl.arange(0, G)
     offs_m = tl.arange(0, BM)
-    if ROTATE and ROT <= 1:  # +-1 Sylvester matrix from the parity of popcount(i & j): no load
-        p = offs_c[:, None] & offs_c[None, :]
-        p ^= p >> 4
-        p ^= p >> 2
-        p ^= p >> 1
-        if ROT == 1:
-            h = (1 - 2 * (p & 1)).to(tl.int8)
-        else:
-            h = (1 - 2 * (p & 1)).to(tl.float32 if DOT_FP32 else tl.float16)
     for tile in range(tl.program_id(0), n_tiles, tl.num_programs(0)):
         n = tile * BM + offs_m
         ok = n < N
@@ -146,45 +131,27 @@ def _decode_kernel(
         g = n % NG
         row = tg // S
         tok = tg - row * S
-        qi = _unpack(codes_ptr, n, ok, G, BITS, JOIN)
+        q = _unpack(codes_ptr, n, ok, G, BITS).to(tl.float32)
         s = tl.load(scales_ptr + n, mask=ok, other=0.0).to(tl.float32)
         if HAS_SOS:
             s = s * tl.load(sos_ptr + row, mask=ok, other=1.0)
-        if ROTATE and ROT == 1:  # 2 * (q - m): odd integers, |.| <= 15 (bits <= 4)
-            lv2 = (2 * qi - (LEVELS - 1)) if SYM else qi
-            acc = tl.dot(lv2.to(tl.int8), h, out_dtype=tl.int32).to(tl.float32)
-            y = acc * (s * ((0.5 if SYM else 1.0) / tl.sqrt(G * 1.0)))[:, None]
-        q = qi.to(tl.float32)
         lv = q - (LEVELS - 1) / 2 if SYM else q
-        if ROTATE and ROT >= 2:
-            y = _fwht(lv, BM, G, LOG_G, ROT) * (s * (1.0 / tl.sqrt(G * 1.0)))[:, None]
-        elif ROTATE and ROT == 1:
-            pass
-        elif ROTATE:
-            if DOT_FP32:
-                acc = tl.dot(lv, h, input_precision="ieee")
-            else:
-                acc = tl.dot(lv.to(tl.float16), h)
-            y = acc * (s * (1.0 / tl.sqrt(G * 1.0)))[:, None]
+        if ROTATE:  # H_n (s * lv) = (s / sqrt(G)) * (H_pm1 lv): exact butterflies, one multiply
+            y = _fwht(lv, BM, G, LOG_G) * (s * (1.0 / tl.sqrt(G * 1.0)))[:, None]
         else:
             y = lv * s[:, None]
         if not SYM:
             z = tl.load(zeros_ptr + n, mask=ok, other=0.0).to(tl.float32)
             if HAS_SOS:
                 z = z * tl.load(sos_ptr + row, mask=ok, other=1.0)
-            if ROTATE:
+            if ROTATE:  # H_n (z * 1) = z * sqrt(G) on column 0 only
                 y += tl.where(offs_c[None, :] == 0, z[:, None] * tl.sqrt(G * 1.0), 0.0)
             else:
                 y += z[:, None]
         for t in tl.static_range(T):
             idx = tl.load(ids_ptr + (t * R * S + tg.to(tl.int64)), mask=ok, other=0)
             cbase = ((t * R + row.to(tl.int64)) * C + idx.to(tl.int64)) * D + g * G
-            cen = tl.load(
-                c_ptr + cbase[:, None] + offs_c[None, :],
-                mask=ok[:, None],
-                other=0.0,
-                eviction_policy="evict_last" if EVICT else "",
-            )
+            cen = tl.load(c_ptr + cbase[:, None] + offs_c[None, :], mask=ok[:, None], other=0.0)
             y += cen.to(tl.float32)
         obase = (
             (row // H_OUT).to(tl.int64) * stride_b
@@ -196,7 +163,6 @@ def _decode_kernel(
             out_ptr + obase[:, None] + offs_c[None, :],
             y.to(out_ptr.dtype.element_ty),
             mask=ok[:, None],
-            eviction_policy="evict_first" if EVICT else "",
         )
 
 
@@ -215,14 +181,7 @@ def decode(
     spec: QuantSpec,
     out_dtype: torch.dtype = torch.bfloat16,
     out: torch.Tensor | None = None,
-    block_s: int = BLOCK_S,
-    num_warps: int = NUM_WARPS,
-    join: bool = JOIN,
-    num_stages: int = NUM_STAGES,
-    waves: int = WAVES,
-    evict: bool = EVICT,
-    maxnreg: int | None = MAXNREG,
-    rot: str = ROT,
+    launch: Launch = Launch(),
 ) -> torch.Tensor:
     """Fused QVG decode of one span (or any group-quantized tensor when centroids is None).
 
@@ -234,9 +193,6 @@ def decode(
     [B, H, S, D] view with unit stride on D (a slice of a paged workspace): it is written in
     place. Bytes: reads B*H*S*(D*bits/8 + (D/G)*scale.itemsize*(1 or 2) + T*id.itemsize) plus
     the centroid rows gathered from L2, writes B*H*S*D*out.itemsize.
-    rot: un-rotation method (see ROT), exact in all cases.
-    Tuning: a tile is block_s tokens (block_s * D/G token-groups); waves > 0 runs a persistent
-    grid of waves * SM-count programs (0: one program per tile).
     """
     b, h, s, cb = codes.shape
     d, g, r = cb * 8 // spec.bits, spec.group_size, b * h
@@ -256,15 +212,11 @@ def decode(
         raise ValueError("decode: centroids given without ids")
     cen = codes if centroids is None else centroids.contiguous()
     idt = codes if ids is None or centroids is None else ids.contiguous()
-    interp = codes.device.type == "cpu"  # CPU tensors only run under TRITON_INTERPRET=1
-    bm = block_s * ng
-    rot_id = _ROT_IDS[rot]
-    if rot_id == 1 and (spec.bits > 4 or g < 32):
-        rot_id = 0  # int8 operands: 2q - (2^bits - 1) must fit, and K >= 32
+    bm = launch.block_s * ng
     n_tiles = triton.cdiv(n, bm)
     grid = n_tiles
-    if waves > 0 and not interp:
-        grid = min(n_tiles, waves * _num_sms(codes.device.index or 0))
+    if launch.waves > 0 and codes.device.type == "cuda":  # CPU: TRITON_INTERPRET=1 only
+        grid = min(n_tiles, launch.waves * _num_sms(codes.device.index or 0))
     _decode_kernel[(grid,)](
         codes.contiguous(),
         scales.contiguous(),
@@ -289,14 +241,9 @@ def decode(
         SYM=spec.symmetric,
         ROTATE=spec.rotate,
         HAS_SOS=scale_of_scales is not None,
-        DOT_FP32=interp,
-        JOIN=join,
         BM=bm,
-        EVICT=evict,
-        ROT=rot_id,
         LOG_G=g.bit_length() - 1,
-        num_warps=num_warps,
-        num_stages=num_stages,
-        **({} if maxnreg is None or interp else {"maxnreg": maxnreg}),
+        num_warps=launch.num_warps,
+        num_stages=launch.num_stages,
     )
     return out

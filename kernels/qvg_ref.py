@@ -12,13 +12,8 @@ Encode, per (batch, head) row of x [B, H, S, D]:
 
 Decode: x_hat = Hadamard(dequant(codes)) + sum_t c_t[id_t]   (H is its own inverse).
 
-Stored tensors (names used by `Encoded.tensors` and the Triton kernels):
-    codes            uint8 [B, H, S, D*bits/8]
-    scales           scale dtype [B, H, S, D/G]
-    zeros            scale dtype [B, H, S, D/G]   (asymmetric only)
-    scale_of_scales  fp32 [B, H]                  (fp8 scales only)
-    centroids.t      centroid dtype [B, H, C, D]  for each stage t
-    ids.t            uint8/int16 [B, H, S]        for each stage t
+Stored tensors (codes, scales, zeros, scale_of_scales, centroids.t, ids.t): their names,
+shapes, dtypes and bytes are listed once, in `kernels.page_layout`.
 """
 
 from __future__ import annotations
@@ -29,11 +24,8 @@ from . import groupquant_ref as gq
 from . import kmeans_ref as km
 from .container import Encoded
 from .hadamard import rotate_groups
+from .page_layout import stage_names
 from .spec import CodecSpec
-
-
-def stage_names(t: int) -> tuple[str, str]:
-    return f"centroids.{t}", f"ids.{t}"
 
 
 def warm_centroids(prev: Encoded | None, t: int, shape: tuple[int, ...]) -> torch.Tensor | None:

@@ -17,7 +17,8 @@ import torch
 
 from . import decode_triton, kmeans_triton, quant_triton
 from .container import Encoded
-from .qvg_ref import stage_names, warm_centroids
+from .page_layout import stage_names
+from .qvg_ref import warm_centroids
 from .spec import CodecSpec
 
 

@@ -1,15 +1,9 @@
 """Codec specifications: what a KV codec stores, as frozen dataclasses, and presets by name.
 
-A spec fully determines the bytes of an encoded span, so `kernels.container` can compute the
-exact size of a page before anything is encoded. Example for `qvg-int2` on one layer span
-K of shape [B=1, H=12, S=37440, D=128]:
-
-    codes      uint8  [1, 12, 37440, 32]     2 bits/value (4 codes per byte)
-    scales     fp8    [1, 12, 37440, 2]      one per group of 64 channels
-    scale_of_scales fp32 [1, 12]             keeps fp8 scales in range (two-level scaling)
-    centroids  bf16   [1, 12, 256, 128]      per stage
-    cluster_ids uint8 [1, 12, 37440]         per stage
-    -> 2.297 bits/value, 6.97x smaller than bf16.
+A spec fully determines the bytes of an encoded span, so `kernels.page_layout` lists every
+stored tensor (name, shape, dtype, bytes) before anything is encoded. For `qvg-int2` (2-bit
+codes, one fp8 scale per 64 channels, 256 bf16 centroids and uint8 ids per stage) a K span
+[1, 12, 37440, 128] stores 2.297 bits/value, 6.97x smaller than bf16.
 """
 
 from __future__ import annotations

@@ -4,6 +4,8 @@
 
 decode: qvg-int2 [1, 12, 37440, 128] bf16 out, (block_s, warps, join) then (waves, stages) for
 the best three; GB/s = (stored bytes + bf16 out bytes) / time, % of a bf16 clone().
+rot / probe: the alternatives of tools/decode_variants.py (un-rotation methods, eviction
+hints, register caps) next to the product kernel (kernels/decode_triton.py, "default").
 encode: qvg_triton.encode's phases timed with CUDA events (init, per-iteration assign / update /
 tol check, final assign, quantize) and an assign (precision, block) sweep with id agreement.
 """
@@ -22,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from kernels import decode_triton, kmeans_ref, kmeans_triton, quant_triton, qvg_ref  # noqa: E402
 from kernels.spec import get_spec  # noqa: E402
+from tools import decode_variants  # noqa: E402
 
 SHAPE = (1, 12, 37440, 128)
 
@@ -66,7 +69,7 @@ def sweep_decode(x: torch.Tensor) -> None:
         try:
 
             def run():
-                return decode_triton.decode(
+                return decode_variants.decode(
                     *args, block_s=bs, num_warps=nw, join=join, waves=waves, num_stages=st
                 )
 
@@ -95,7 +98,7 @@ def sweep_decode(x: torch.Tensor) -> None:
 
 
 def sweep_rot(x: torch.Tensor) -> None:
-    """Un-rotation methods (decode_triton.ROT) x launch shapes, plus the no-rotate floor."""
+    """Un-rotation methods (decode_variants.ROTS) x launch shapes, plus the no-rotate floor."""
     import dataclasses
 
     clone_ms = bench_ms(lambda: x.clone())
@@ -109,12 +112,12 @@ def sweep_rot(x: torch.Tensor) -> None:
     cen, ids, qs = t["centroids.0"][None], t["ids.0"][None], enc.spec.quant
     shapes = [(32, 4, 8, 3), (16, 2, 16, 3), (32, 2, 16, 3), (8, 1, 32, 3), (64, 8, 8, 3)]
     res = {}
-    for rot in ("dot", "dot_i8", "fwht", "fwht_sum"):
+    for rot in decode_variants.ROTS:
         for bs, nw, waves, st in shapes:
             kw = dict(rot=rot, block_s=bs, num_warps=nw, waves=waves, num_stages=st)
 
             def run(kw=kw):
-                return decode_triton.decode(*base, cen, ids, qs, **kw)
+                return decode_variants.decode(*base, cen, ids, qs, **kw)
 
             try:
                 err = float((run().float() - want).abs().max())
@@ -146,9 +149,9 @@ def sweep_rot(x: torch.Tensor) -> None:
         ks = e2.spec.kmeans
         c2 = torch.stack([t2[f"centroids.{i}"] for i in range(ks.stages)])
         i2 = torch.stack([t2[f"ids.{i}"] for i in range(ks.stages)])
-        for rot in ("dot", "dot_i8", "fwht", "fwht_sum"):
+        for rot in decode_variants.ROTS:
             run = functools.partial(
-                decode_triton.decode,
+                decode_variants.decode,
                 t2["codes"],
                 t2["scales"],
                 None,
@@ -336,7 +339,7 @@ def probe(x: torch.Tensor) -> None:
     for name, kw in variants.items():
 
         def run(kw=kw):
-            return decode_triton.decode(*base, cen, ids, qs, **kw)
+            return decode_variants.decode(*base, cen, ids, qs, **kw)
 
         err = float((run().float() - want).abs().max())
         us = bench_ms(run) * 1e3

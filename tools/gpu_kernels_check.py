@@ -78,7 +78,7 @@ def check_encode(x: torch.Tensor, name: str) -> dict:
 
 
 def check_decode(x: torch.Tensor, name: str, clone_ms: float) -> list[dict]:
-    from kernels import decode_triton
+    from tools import decode_variants  # the join switch lives with the sweep alternatives
 
     enc = qvg_ref.encode(x, get_spec(name).with_kmeans(iters=1))
     want = qvg_ref.decode(enc, torch.float32)
@@ -92,7 +92,9 @@ def check_decode(x: torch.Tensor, name: str, clone_ms: float) -> list[dict]:
     for join, bs, nw in SWEEP:
 
         def run(join=join, bs=bs, nw=nw):
-            return decode_triton.decode(*args, enc.spec.quant, join=join, block_s=bs, num_warps=nw)
+            return decode_variants.decode(
+                *args, enc.spec.quant, join=join, block_s=bs, num_warps=nw
+            )
 
         err = float((run().float() - want).abs().max())
         ms = bench_ms(run)

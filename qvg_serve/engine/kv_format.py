@@ -1,16 +1,16 @@
 """Byte layouts of pool items: one page (all layers, K and V) and one span codebook, per format.
 
-A page of `page_tokens` (T) tokens holds, for every layer and for K then V, the per-token part
-of the codec's output; the span codebook holds the per-span part (k-means centroids of every
-stage and the fp32 scale-of-scales):
+The tensors themselves (names, shapes, dtypes, bytes) are the codec's: `kernels.page_layout`.
+This module arranges them in the pool. A page of `page_tokens` (T) tokens holds, for every
+layer and for K then V, the codec's per-token fields for T tokens; a span codebook holds its
+per-span fields (k-means centroids of every stage, the fp32 scale-of-scales):
 
-    bf16 page      [layers, 2, H, T, D] bf16                          2*L*2*H*T*D bytes
-    qvg page       per (layer, kv): codes  [H, T, D*bits/8]  uint8
-                                    scales [H, T, D/G]       scale dtype
-                                    zeros  [H, T, D/G]       (asymmetric only)
-                                    ids.t  [H, T]            uint8, one per stage t
-    qvg codebook   per (layer, kv): centroids.t [H, C, D]    bf16, one per stage t
-                                    scale_of_scales [H]      fp32 (fp8 scales only)
+    one item:   [layer 0: K slice | V slice][layer 1: K | V] ...
+    one slice:  the fields in `codec_layout` order, back to back, padded to ALIGN bytes
+
+    bf16 page      values [H, T, D] bf16 per slice              2*L*2*H*T*D bytes
+    qvg page       codes, scales (, zeros), ids.t per slice     (see kernels.page_layout)
+    qvg codebook   centroids.t, scale_of_scales per slice
 
 Sizes are exact (`page_bytes`, `codebook_bytes`), so the scheduler's `PoolLayout` reserves
 precisely what the codec writes; `split_page` / `split_codebook` view an item's bytes as the
@@ -19,10 +19,12 @@ named tensors without copying.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 
+from kernels.page_layout import CodecLayout, TensorField, codec_layout
 from kernels.spec import CodecSpec, Method, get_spec
 
 BF16 = "bf16"
@@ -47,52 +49,22 @@ class KVShape:
                 raise ValueError(f"KVShape.{name} = {getattr(self, name)}; it must be >= 1")
 
 
-def _elem(dtype: torch.dtype) -> int:
-    return torch.empty((), dtype=dtype).element_size()
+def _layout(spec: CodecSpec, kv: KVShape) -> CodecLayout:
+    return codec_layout(spec, kv.heads, kv.page_tokens, kv.head_dim)
 
 
-def page_fields(spec: CodecSpec, kv: KVShape) -> list[tuple[str, torch.dtype, tuple[int, ...]]]:
-    """(name, dtype, shape) of the per-token tensors of one (layer, kv) slice of a page."""
-    if spec.method is Method.BF16:
-        return [("values", torch.bfloat16, (kv.heads, kv.page_tokens, kv.head_dim))]
-    if spec.method is not Method.QVG:
+def page_fields(spec: CodecSpec, kv: KVShape) -> tuple[TensorField, ...]:
+    """The per-token tensors of one (layer, kv) slice of a page: [H, T, ...] each."""
+    if spec.method not in (Method.BF16, Method.QVG):
         raise ValueError(f"pool format {spec.name!r}: the pool stores bf16 and qvg-* pages")
-    qs, ks = spec.quant, spec.kmeans
-    assert qs is not None and ks is not None
-    h, t, d = kv.heads, kv.page_tokens, kv.head_dim
-    if d % qs.group_size:
-        raise ValueError(f"head_dim {d} is not a multiple of {spec.name}'s group {qs.group_size}")
-    fields = [("codes", torch.uint8, (h, t, d * qs.bits // 8))]
-    fields.append(("scales", qs.scale_dtype.torch_dtype, (h, t, d // qs.group_size)))
-    if not qs.symmetric:
-        fields.append(("zeros", qs.scale_dtype.torch_dtype, (h, t, d // qs.group_size)))
-    fields += [(f"ids.{i}", ks.id_dtype, (h, t)) for i in range(ks.stages)]
-    return fields
+    return _layout(spec, kv).token_fields
 
 
-def codebook_fields(spec: CodecSpec, kv: KVShape) -> list[tuple[str, torch.dtype, tuple]]:
-    """(name, dtype, shape) of the per-span tensors of one (layer, kv) slice of a codebook."""
+def codebook_fields(spec: CodecSpec, kv: KVShape) -> tuple[TensorField, ...]:
+    """The per-span tensors of one (layer, kv) slice of a codebook (none for bf16)."""
     if spec.method is not Method.QVG:
-        return []
-    qs, ks = spec.quant, spec.kmeans
-    assert qs is not None and ks is not None
-    fields = [
-        (f"centroids.{i}", ks.centroid_dtype, (kv.heads, ks.centroids, kv.head_dim))
-        for i in range(ks.stages)
-    ]
-    if qs.scale_dtype.value.startswith("fp8"):
-        fields.append(("scale_of_scales", torch.float32, (kv.heads,)))
-    return fields
-
-
-def _slice_bytes(fields) -> int:
-    total = 0
-    for _, dtype, shape in fields:
-        n = _elem(dtype)
-        for s in shape:
-            n *= s
-        total += n
-    return total
+        return ()
+    return _layout(spec, kv).span_fields
 
 
 ALIGN = 16
@@ -100,9 +72,9 @@ ALIGN = 16
 bytes are aligned; the padding (0 for Self-Forcing shapes) is counted in the item's bytes."""
 
 
-def slice_bytes(fields) -> int:
+def slice_bytes(fields: Sequence[TensorField]) -> int:
     """Bytes of one (layer, kv) slice, padded to ALIGN."""
-    return -(-_slice_bytes(fields) // ALIGN) * ALIGN
+    return -(-sum(f.nbytes for f in fields) // ALIGN) * ALIGN
 
 
 def page_bytes(spec: CodecSpec | str, kv: KVShape) -> int:
@@ -116,17 +88,19 @@ def codebook_bytes(spec: CodecSpec | str, kv: KVShape) -> int:
     return 2 * kv.layers * slice_bytes(fields) if fields else 0
 
 
-def split_slices(rows: torch.Tensor, fields) -> dict[str, torch.Tensor]:
+def split_slices(rows: torch.Tensor, fields: Sequence[TensorField]) -> dict[str, torch.Tensor]:
     """Typed tensors [N, *shape] of N gathered (layer, kv) slices `rows` [N, slice_bytes]."""
     out, pos = {}, 0
-    for name, dtype, shape in fields:
-        n = _slice_bytes([(name, dtype, shape)])
-        out[name] = rows[:, pos : pos + n].contiguous().view(dtype).view(rows.shape[0], *shape)
-        pos += n
+    for f in fields:
+        raw = rows[:, pos : pos + f.nbytes].contiguous()
+        out[f.name] = raw.view(f.dtype).view(rows.shape[0], *f.shape)
+        pos += f.nbytes
     return out
 
 
-def _split(item: torch.Tensor, fields, kv: KVShape) -> list[list[dict[str, torch.Tensor]]]:
+def _split(
+    item: torch.Tensor, fields: Sequence[TensorField], kv: KVShape
+) -> list[list[dict[str, torch.Tensor]]]:
     """Views [layer][kv] -> {name: tensor} into the uint8 bytes `item` (no copy)."""
     if item.dtype != torch.uint8 or item.dim() != 1:
         raise ValueError("pool items are flat uint8 byte views")
@@ -138,10 +112,9 @@ def _split(item: torch.Tensor, fields, kv: KVShape) -> list[list[dict[str, torch
         pair = []
         for half in range(2):
             start, views = (2 * layer + half) * step, {}
-            for name, dtype, shape in fields:
-                n = _slice_bytes([(name, dtype, shape)])
-                views[name] = item[start : start + n].view(dtype).view(shape)
-                start += n
+            for f in fields:
+                views[f.name] = item[start : start + f.nbytes].view(f.dtype).view(f.shape)
+                start += f.nbytes
             pair.append(views)
         out.append(pair)
     return out

@@ -3,8 +3,11 @@ operations the scheduler orders (write committed pages, execute encode / move pl
 stream's pages for one layer).
 
 `scheduler.pages.PageAllocator` decides which bytes mean what; this class only moves bytes.
-Every tier is one flat uint8 tensor of `blocks * block_bytes`, allocated once: no allocation
-in the per-step path except the small gathered copies of compressed slices.
+Every tier is one flat uint8 tensor of `blocks * block_bytes`, allocated once. A read
+(`read_layer`) allocates one gathered copy of each run's page bytes per layer (quantized runs
+also regroup their per-token tensors in token order) and then copies bf16 pages / decodes
+quantized ones straight into the caller's `out` (the attention workspace); without `out` it
+allocates its result too. Encodes allocate their codec's outputs (off the per-step path).
 
     arena[tier]: | block 0 (typed bf16)     | block 1 (typed qvg-int2) ...         |
                  | page | page | slack      | p | p | p | p | p | p | p | slack     |
@@ -17,6 +20,7 @@ the model's layers costs one gather per run, plus a decode for quantized runs.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -27,7 +31,9 @@ from kernels.container import Encoded
 from kernels.spec import CodecSpec, get_spec
 from qvg_serve.engine import kv_format as kf
 from scheduler.layout import ALIGN_BYTES
-from scheduler.pages import PageAllocator, PageLoc, Plan, PoolLayout
+from scheduler.pages import PageAllocator, PageError, PageLoc, Plan, PoolLayout
+
+log = logging.getLogger(__name__)
 
 
 class Run(NamedTuple):
@@ -190,7 +196,18 @@ class KVPool:
         span = self._last_span.get(plan.stream) if plan.stream is not None else None
         try:
             loc = self.alloc.codebook(span) if span is not None else None
-        except Exception:  # the span was freed since: start cold
+        except PageError as e:  # the span was freed since: start cold
+            log.info(
+                "stream %s: no warm start from span %s (%s); encoding cold", plan.stream, span, e
+            )
+            loc = None
+        except Exception:  # unexpected, but a cold start is still correct
+            log.warning(
+                "stream %s: warm-start lookup of span %s failed; encoding cold",
+                plan.stream,
+                span,
+                exc_info=True,
+            )
             loc = None
         if loc is None or loc.tier != "gpu" or loc.fmt not in self.specs:
             return None
@@ -235,32 +252,43 @@ class KVPool:
     def read_layer(
         self, plan: ReadPlan, layer: int, out: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """K and V of one layer, bf16 [2, H, plan.tokens, D] (pre-RoPE), into `out` if given."""
-        h, d = self.kv.heads, self.kv.head_dim
+        """K and V of one layer, bf16 [2, H, plan.tokens, D] (pre-RoPE).
+
+        `out`: a bf16 [2, H, tokens, D] view with unit stride on D (e.g. a token-major
+        workspace transposed) that pages are decoded / copied into directly; else allocated.
+        """
+        want = (2, self.kv.heads, plan.tokens, self.kv.head_dim)
         if out is None:
-            out = torch.empty(2, h, plan.tokens, d, dtype=torch.bfloat16, device=self.device)
+            out = torch.empty(want, dtype=torch.bfloat16, device=self.device)
+        elif tuple(out.shape) != want or out.dtype != torch.bfloat16 or out.device != self.device:
+            raise ValueError(
+                f"read_layer: out is {out.dtype} {tuple(out.shape)} on {out.device}; "
+                f"it must be bfloat16 {want} on {self.device}"
+            )
         for run in plan.runs:
             rows = self._views[("gpu", run.fmt)][run.blocks, run.slots, layer]  # [n, 2, slice]
             dst = out[:, :, run.start : run.start + run.tokens]
             for half in range(2):
-                dst[half].copy_(self._decode_rows(run, rows[:, half], layer, half))
+                self._decode_rows(run, rows[:, half], layer, half, dst[half])
         return out
 
-    def _decode_rows(self, run: Run, rows: torch.Tensor, layer: int, half: int) -> torch.Tensor:
-        """[H, n*T, D] bf16 from gathered slices `rows` [n, slice] of one run."""
+    def _decode_rows(
+        self, run: Run, rows: torch.Tensor, layer: int, half: int, dst: torch.Tensor
+    ) -> None:
+        """Write [H, n*T, D] bf16 into `dst` from gathered slices `rows` [n, slice] of one run."""
         spec = self.specs[run.fmt]
         t = kf.split_slices(rows, kf.page_fields(spec, self.kv))
-        n, h, d = rows.shape[0], self.kv.heads, self.kv.head_dim
-        if run.codebook is None:
-            return t["values"].transpose(0, 1).reshape(h, n * self.kv.page_tokens, d)
+        n, h, d, pt = rows.shape[0], self.kv.heads, self.kv.head_dim, self.kv.page_tokens
+        if run.codebook is None:  # bf16 pages [n, H, T, D] -> dst [H, n, T, D]: one copy
+            dst.unflatten(1, (n, pt)).copy_(t["values"].transpose(0, 1))
+            return
         tensors = {
-            name: x.transpose(0, 1).reshape(1, h, n * self.kv.page_tokens, *x.shape[3:])
-            for name, x in t.items()
+            name: x.transpose(0, 1).reshape(1, h, n * pt, *x.shape[3:]) for name, x in t.items()
         }
         book = kf.split_codebook(self.item(run.codebook), spec, self.kv)[layer][half]
         tensors.update({name: x[None] for name, x in book.items()})
-        enc = Encoded(spec, (1, h, n * self.kv.page_tokens, d), "kv"[half], tensors)
-        return codec.decode(enc, backend=self.backend)[0]
+        enc = Encoded(spec, (1, h, n * pt, d), "kv"[half], tensors)
+        codec.decode(enc, out=dst[None], backend=self.backend)
 
     def check_invariants(self) -> None:
         """The allocator's audit, plus: every arena has exactly the layout's bytes."""

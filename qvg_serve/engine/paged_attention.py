@@ -108,8 +108,10 @@ def _fill(pool: KVPool, layer: int, c: StreamChunk, dst: torch.Tensor, rope: Rop
     """Write one stream's [history | chunk] K/V (keys with RoPE) into dst [2, n, H, D]."""
     hist = c.history.tokens
     if hist:
-        kv = pool.read_layer(c.history, layer)  # [2, H, hist, D]
-        dst[:, :hist].copy_(kv.transpose(1, 2))
+        if dst.dtype == torch.bfloat16:  # the pool's dtype: decode straight into the workspace
+            pool.read_layer(c.history, layer, out=dst[:, :hist].transpose(1, 2))
+        else:  # e.g. an fp32 CPU workspace: bf16 values first, as the pool stores them
+            dst[:, :hist].copy_(pool.read_layer(c.history, layer).transpose(1, 2))
         if rope is not None:
             dst[0, :hist] = rope(dst[0, :hist], c.history_pos)
     k_new = c.k if rope is None else rope(c.k, c.q_pos)

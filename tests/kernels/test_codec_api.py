@@ -38,3 +38,41 @@ def test_bf16_input_accepted():
     x = torch.randn(1, 2, 20, 64).to(torch.bfloat16)
     enc = codec.encode(x, "qvg-int4")
     assert codec.decode(enc).dtype == torch.bfloat16
+
+
+OUT_CASES = [(n, "reference") for n in ("bf16", "fp8", "rtn-int2", "kivi-int2", "quarot-int4")]
+OUT_CASES += [(n, b) for n in ("qvg-int2", "qvg-int4") for b in ("reference", "triton")]
+
+
+@pytest.mark.parametrize("role", ["k", "v"])
+@pytest.mark.parametrize(("name", "backend"), OUT_CASES)
+def test_decode_into_out_is_bit_exact_and_returns_out(name, backend, role):
+    x = torch.randn(1, 2, 37, 64, generator=torch.Generator().manual_seed(1))
+    enc = codec.encode(x, name, role=role, backend=backend)
+    want = codec.decode(enc, backend=backend)
+    ws = torch.full((1, 3, 50, 64), 7.0, dtype=torch.bfloat16)  # [B, H+1, S_total, D]
+    view = ws[:, 1:, 5:42]  # strided in H and S, as a paged workspace slice
+    got = codec.decode(enc, out=view, backend=backend)
+    assert got is view
+    assert torch.equal(view, want)
+    ws[:, 1:, 5:42] = 7.0
+    assert bool((ws == 7.0).all())  # nothing outside the view was written
+    f32 = torch.empty(1, 2, 37, 64)
+    assert codec.decode(enc, out=f32, backend=backend) is f32
+    assert torch.equal(f32, codec.decode(enc, out_dtype=torch.float32, backend=backend))
+
+
+@pytest.mark.parametrize(
+    ("out", "kw", "match"),
+    [
+        (torch.empty(1, 2, 36, 64, dtype=torch.bfloat16), {}, "shape"),
+        (torch.empty(1, 2, 37, 64), {"out_dtype": torch.bfloat16}, "out_dtype"),
+        (torch.empty(1, 2, 37, 64, dtype=torch.int16), {}, "floating point"),
+        (torch.empty(1, 2, 64, 37, dtype=torch.bfloat16).transpose(2, 3), {}, "unit stride"),
+        (torch.empty(1, 2, 37, 64, dtype=torch.bfloat16, device="meta"), {}, "on meta"),
+    ],
+)
+def test_decode_rejects_bad_out(out, kw, match):
+    enc = codec.encode(torch.randn(1, 2, 37, 64), "qvg-int2")
+    with pytest.raises(ValueError, match=match):
+        codec.decode(enc, out=out, **kw)

@@ -1,4 +1,5 @@
-"""Fused decode kernel against qvg_ref.decode / groupquant_ref, including writes into views."""
+"""Fused decode kernel (the product path) against qvg_ref.decode / groupquant_ref, including
+writes into views. Its measured alternatives are tested in tests/tools/test_decode_variants.py."""
 
 from __future__ import annotations
 
@@ -25,11 +26,11 @@ def _encode_ref(name, x, centroids=8):
     return qvg_ref.encode(x, get_spec(name).with_kmeans(centroids=centroids, iters=1))
 
 
-def _decode(enc, **kw):
+def _decode(enc, dec=dt.decode, **kw):
     t, ks = enc.tensors, enc.spec.kmeans
     cent = torch.stack([t[f"centroids.{i}"] for i in range(ks.stages)])
     ids = torch.stack([t[f"ids.{i}"] for i in range(ks.stages)])
-    return dt.decode(
+    return dec(
         t["codes"],
         t["scales"],
         t.get("zeros"),
@@ -41,30 +42,27 @@ def _decode(enc, **kw):
     )
 
 
-ROTS = ["dot", "dot_i8", "fwht", "fwht_sum"]
+QVG = ["qvg-int2", "qvg-int4", "qvg-pro-int2", "qvg-int2-plain"]
 
 
-@pytest.mark.parametrize("name", ["qvg-int2", "qvg-int4", "qvg-pro-int2", "qvg-int2-plain"])
-@pytest.mark.parametrize("join", [False, True])
-@pytest.mark.parametrize("rot", ROTS)
-def test_decode_matches_reference(name, join, rot):
+@pytest.mark.parametrize("name", QVG)
+def test_decode_matches_reference(name):
     enc = _encode_ref(name, _x())
     want = qvg_ref.decode(enc, torch.float32)
-    got = _decode(enc, out_dtype=torch.float32, join=join, rot=rot)
+    got = _decode(enc, out_dtype=torch.float32)
     if enc.spec.quant.rotate:  # exact +-1 dot then one multiply vs the reference's matmul
         torch.testing.assert_close(got, want, **tol("fp32"))
     else:  # identical fp32 operations in the same order
         assert torch.equal(got, want)
-    got16 = _decode(enc, join=join, rot=rot)
+    got16 = _decode(enc)
     assert got16.dtype == torch.bfloat16
     torch.testing.assert_close(got16.float(), want, **tol("bf16"))
 
 
 @pytest.mark.parametrize("s,d", [(1, 64), (100, 128), (5, 256)])
-@pytest.mark.parametrize("rot", ROTS)
-def test_decode_odd_token_counts_and_head_dims(s, d, rot):
+def test_decode_odd_token_counts_and_head_dims(s, d):
     enc = _encode_ref("qvg-int2", _x(s=s, d=d), centroids=16)  # 16 > s for s = 1, 5
-    got = _decode(enc, out_dtype=torch.float32, block_s=16, rot=rot)
+    got = _decode(enc, out_dtype=torch.float32, launch=dt.Launch(block_s=16))
     torch.testing.assert_close(got, qvg_ref.decode(enc, torch.float32), **tol("fp32"))
 
 
@@ -77,10 +75,8 @@ QSPECS = {
 }
 
 
-@pytest.mark.parametrize("name", sorted(QSPECS))
-@pytest.mark.parametrize("join", [False, True])
-@pytest.mark.parametrize("rot", ROTS)
-def test_decode_group_quant_without_stages(name, join, rot):
+def group_quant_case(name):
+    """(decode args, want) of a group-quantized [1, 2, 37, 64] tensor without k-means stages."""
     spec = QSPECS[name]
     x = _x().reshape(2, 37, 64)
     y = rotate_groups(x, spec.group_size) if spec.rotate else x
@@ -93,19 +89,15 @@ def test_decode_group_quant_without_stages(name, join, rot):
         return None if t is None else t.reshape(1, 2, 37, -1)
 
     sos = None if qp.scale_of_scales is None else qp.scale_of_scales.reshape(1, 2)
-    got = dt.decode(
-        r4(codes),
-        r4(qp.scales),
-        r4(qp.zeros),
-        sos,
-        None,
-        None,
-        spec,
-        out_dtype=torch.float32,
-        join=join,
-        rot=rot,
-    )
-    torch.testing.assert_close(got, want.reshape(1, 2, 37, 64), **tol("fp32"))
+    args = (r4(codes), r4(qp.scales), r4(qp.zeros), sos, None, None, spec)
+    return args, want.reshape(1, 2, 37, 64)
+
+
+@pytest.mark.parametrize("name", sorted(QSPECS))
+def test_decode_group_quant_without_stages(name):
+    args, want = group_quant_case(name)
+    got = dt.decode(*args, out_dtype=torch.float32)
+    torch.testing.assert_close(got, want, **tol("fp32"))
 
 
 def test_decode_into_workspace_view_leaves_the_rest():
@@ -126,12 +118,19 @@ def test_decode_rejects_bad_out():
         _decode(enc, out=torch.empty(1, 2, 64, 37).transpose(2, 3))
 
 
+def test_launch_shape_does_not_change_results():
+    enc = _encode_ref("qvg-int4", _x(s=100))
+    want = _decode(enc, out_dtype=torch.float32)
+    for launch in (dt.Launch(block_s=8, waves=0), dt.Launch(block_s=64, num_warps=4)):
+        assert torch.equal(_decode(enc, out_dtype=torch.float32, launch=launch), want)
+    with pytest.raises(ValueError, match="power of two"):
+        dt.Launch(block_s=24)
+
+
 @pytest.mark.gpu
-@pytest.mark.parametrize("join", [False, True])
-@pytest.mark.parametrize("rot", ROTS)
-def test_decode_full_size_gpu(join, rot):
+def test_decode_full_size_gpu():
     x = _x(1, 12, 37440, 128).cuda()
     enc = qvg_ref.encode(x, get_spec("qvg-int2").with_kmeans(iters=1))
     want = qvg_ref.decode(enc, torch.float32)
-    got = _decode(enc, join=join, rot=rot)
+    got = _decode(enc)
     torch.testing.assert_close(got.float(), want, **tol("bf16"))

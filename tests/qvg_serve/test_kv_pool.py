@@ -155,3 +155,48 @@ def test_layout_mismatch_is_refused():
     alloc = PageAllocator(pool_layout(KV, FORMATS, 10 * page, 0, SPECS))
     with pytest.raises(ValueError, match="layout sizes"):
         KVPool(KV, alloc, "cpu")  # default presets: 256 centroids, other codebook size
+
+
+@pytest.mark.parametrize("backend", ["reference", "triton"])
+def test_read_into_workspace_view_is_bit_exact(backend):
+    """bf16 + qvg-int4 + qvg-int2 runs decoded straight into a token-major workspace slice."""
+    pool, alloc = make_pool()
+    pool.backend = backend
+    pages = scattered(alloc, 1, 5)
+    k, v = chunk(5, 6)
+    pool.write_pages(pages, k, v)
+    for fmt, run in (("qvg-int4", pages[1:3]), ("qvg-int2", pages[3:])):
+        plan = alloc.begin_encode(1, run, fmt)
+        pool.execute(plan)
+        alloc.commit(plan)
+    rp = pool.read_plan(pages)
+    assert [r.fmt for r in rp.runs] == ["bf16", "qvg-int4", "qvg-int2"]
+    want = pool.read_layer(rp, 1)
+    ws = torch.full((2, rp.tokens + 9, KV.heads, KV.head_dim), 7.0, dtype=torch.bfloat16)
+    view = ws[:, 4 : 4 + rp.tokens].transpose(1, 2)  # [2, H, tokens, D], strided in H and S
+    assert pool.read_layer(rp, 1, out=view) is view
+    assert torch.equal(view, want)
+    ws[:, 4 : 4 + rp.tokens] = 7.0
+    assert bool((ws == 7.0).all())  # nothing outside the slice was written
+    with pytest.raises(ValueError, match="bfloat16"):
+        pool.read_layer(rp, 1, out=torch.empty(2, KV.heads, rp.tokens, KV.head_dim))
+    with pytest.raises(ValueError, match="bfloat16"):
+        pool.read_layer(rp, 1, out=view[:, :, 1:])
+
+
+def test_freed_warm_start_span_is_logged_and_encodes_cold(caplog):
+    pool, alloc = make_pool()
+    first = alloc.allocate(1, "bf16", 1)
+    pool.write_pages(first, *chunk(1, 7))
+    plan = alloc.begin_encode(1, first, "qvg-int2")
+    pool.execute(plan)
+    alloc.commit(plan)
+    alloc.release(1, first)  # the span's only page: the span (and its codebook) is gone
+    second = alloc.allocate(1, "bf16", 1)
+    pool.write_pages(second, *chunk(1, 8))
+    plan = alloc.begin_encode(1, second, "qvg-int2")
+    with caplog.at_level("INFO", logger="qvg_serve.engine.kv_pool"):
+        pool.execute(plan)
+    alloc.commit(plan)
+    assert "no warm start" in caplog.text and "encoding cold" in caplog.text
+    pool.check_invariants()
