@@ -16,6 +16,7 @@ dashboard test and the docs read: nothing retypes a name.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from typing import NamedTuple
 
@@ -113,6 +114,9 @@ _SPECS: tuple[_Spec, ...] = (
     _Spec("inter_chunk", "qvg_inter_chunk_latency_seconds", Histogram,
           "Time between consecutive chunks of one stream (vLLM: inter_token_latency_seconds).",
           buckets=LATENCY_BUCKETS),
+    _Spec("start_time", "qvg_replica_start_time_seconds", Gauge,
+          "Unix time the replica's metrics began (like process_start_time_seconds): a change "
+          "on one target is a replica restart, which also resets its counters."),
 )  # fmt: skip
 
 _TYPES = {Gauge: "gauge", Counter: "counter", Histogram: "histogram"}
@@ -160,6 +164,7 @@ class Metrics:
     batch_streams: Histogram
     ttff: Histogram
     inter_chunk: Histogram
+    start_time: Gauge
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
@@ -169,6 +174,7 @@ class Metrics:
             self.ladder_transitions.labels(rung=rung)
         for reason in REJECT_REASONS:
             self.rejected.labels(reason=reason)
+        self.start_time.set(time.time())
 
     def set_streams(self, counts: Mapping[str, int]) -> None:
         """Set qvg_streams for every state; states missing from `counts` read 0."""

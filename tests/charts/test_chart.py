@@ -19,15 +19,20 @@ CHART = Path(__file__).resolve().parents[2] / "charts" / "qvg-serve"
 GPU_VALUES = yaml.safe_load((CHART / "values-gpu.yaml").read_text())
 SECRET_KEY = "sk-test-9f8e7d6c5b4a"
 OPTIONAL = {
-    "monitoring": {"podMonitor": {"enabled": True}, "serviceMonitor": {"enabled": True}},
     "grafanaDashboard": {"enabled": True},
     "ingress": {"enabled": True},
-    "networkPolicy": {"enabled": True},
+    "monitoring": {
+        "podMonitor": {"enabled": True},
+        "serviceMonitor": {"enabled": True},
+        "prometheusRule": {"enabled": True},
+    },
     "apiKeys": {"create": True, "keys": f"{SECRET_KEY}:acme"},
 }
 OPTIONAL_KINDS = {
-    "PodMonitor", "ServiceMonitor", "Service", "ConfigMap", "Ingress", "NetworkPolicy", "Secret"
+    "PodMonitor", "ServiceMonitor", "PrometheusRule", "Service", "ConfigMap", "Ingress", "Secret"
 }  # fmt: skip
+# On by default: the hardening (issue 16) that a release should never forget.
+DEFAULT_KINDS = ["NetworkPolicy", "PodDisruptionBudget", "RayService"]
 
 
 @pytest.fixture(scope="module")
@@ -70,9 +75,9 @@ def rendered(request, chart):
     return render(chart, None if request.param == "default" else GPU_VALUES)
 
 
-def test_default_renders_only_the_rayservice(chart):
+def test_default_renders_the_rayservice_its_pdb_and_network_policy(chart):
     docs, _ = render(chart)
-    assert [d["kind"] for d in docs] == ["RayService"]
+    assert sorted(d["kind"] for d in docs) == DEFAULT_KINDS
     assert only(docs, "RayService")["apiVersion"] == "ray.io/v1"
 
 
@@ -190,18 +195,23 @@ def test_secret_creation_without_keys_fails_clearly(chart):
         render(chart, {"apiKeys": {"create": True}})
 
 
-def test_bad_app_config_in_values_is_caught_by_the_schema(chart):
+def test_bad_app_config_in_values_fails_at_render_and_in_the_app(chart):
     values = copy.deepcopy(GPU_VALUES)
     values["config"]["engine"]["gpu_mem_fraction"] = 0.5
-    docs, _ = render(chart, values)
+    with pytest.raises(helm.HelmValuesError, match="gpu_mem_fraction"):
+        render(chart, values)  # values.schema.json (AppConfig's schema) refuses the typo
     with pytest.raises(ValueError, match="gpu_mem_fraction"):
-        AppConfig.from_args(serve_config(docs)["applications"][0]["args"])
+        AppConfig.from_args(values["config"])  # and build_app would, naming the field
 
 
 def test_every_values_key_is_documented():
     lines = (CHART / "values.yaml").read_text().splitlines()
     key = re.compile(r"^\s*([A-Za-z_][\w.-]*):")
-    kubernetes_fields = {"requests", "limits", "paths"}  # documented by their parent key
+    kubernetes_fields = {  # documented by their parent key
+        "requests", "limits", "paths", "podSelector", "matchLabels",
+        "runAsNonRoot", "runAsUser", "runAsGroup", "fsGroup", "seccompProfile",
+        "allowPrivilegeEscalation", "readOnlyRootFilesystem", "capabilities",
+    }  # fmt: skip
     for i, line in enumerate(lines):
         match = key.match(line)
         if match and match.group(1) not in kubernetes_fields:

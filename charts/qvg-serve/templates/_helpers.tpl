@@ -57,8 +57,10 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end }}
 {{- end }}
 
-{{/* Env of every Ray container: the API-key variable from the Secret, then user env. */}}
-{{- define "qvg-serve.apiKeysEnv" -}}
+{{/* Env of every Ray container: the API keys from the Secret (as a variable, and as a file path
+when apiKeys.mountFile), writable cache locations under /tmp (the root filesystem is read-only),
+then user env. */}}
+{{- define "qvg-serve.env" -}}
 {{- $secret := include "qvg-serve.apiKeysSecret" . }}
 {{- if and $secret .Values.config.server.api_keys_env }}
 - name: {{ .Values.config.server.api_keys_env }}
@@ -67,6 +69,43 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
       name: {{ $secret }}
       key: {{ .Values.apiKeys.secretKey }}
 {{- end }}
+{{- if and $secret .Values.apiKeys.mountFile }}
+- name: QVG_API_KEYS_FILE
+  value: {{ printf "%s/%s" (trimSuffix "/" .Values.apiKeys.mountPath) .Values.apiKeys.secretKey | quote }}
+{{- end }}
+- {name: XDG_CACHE_HOME, value: /tmp/.cache}
+- {name: TRITON_CACHE_DIR, value: /tmp/.triton}
+{{- end }}
+
+{{/* Volumes of every Ray pod: the writable /tmp (Ray's session dir /tmp/ray: logs, sockets,
+runtime envs; Python temp files; caches) and the API-key Secret when mounted as a file. */}}
+{{- define "qvg-serve.volumes" -}}
+- name: tmp
+  emptyDir: {sizeLimit: {{ .Values.tmpSize }}}
+{{- $secret := include "qvg-serve.apiKeysSecret" . }}
+{{- if and $secret .Values.apiKeys.mountFile }}
+- name: api-keys
+  secret:
+    secretName: {{ $secret }}
+    defaultMode: 0440
+    items:
+      - {key: {{ .Values.apiKeys.secretKey }}, path: {{ .Values.apiKeys.secretKey }}}
+{{- end }}
+{{- end }}
+
+{{- define "qvg-serve.volumeMounts" -}}
+- {name: tmp, mountPath: /tmp}
+{{- if and (include "qvg-serve.apiKeysSecret" .) .Values.apiKeys.mountFile }}
+- {name: api-keys, mountPath: {{ .Values.apiKeys.mountPath }}, readOnly: true}
+{{- end }}
+{{- end }}
+
+{{/* `ray start` parameters of the head: the user's, with num-cpus "0" forced (no replica lands
+on the head) and dashboard-host defaulting to 0.0.0.0 (the KubeRay operator deploys and polls
+the Serve app through the head Service; the NetworkPolicy limits who reaches it). */}}
+{{- define "qvg-serve.headStartParams" -}}
+{{- $params := merge (dict "num-cpus" "0") (deepCopy .Values.head.rayStartParams) (dict "dashboard-host" "0.0.0.0") }}
+{{- toYaml $params }}
 {{- end }}
 
 {{/* Serve's config (serveConfigV2): config is the application's args, verbatim. */}}
