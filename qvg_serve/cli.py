@@ -15,6 +15,7 @@ BENCHES: dict[str, tuple[str, str]] = {
     "attention": ("attention", "one chunk's attention over paged (quantized) history vs dense"),
     "scheduler": ("scheduler", "schedule()+update() timings and simulated capacity (no torch)"),
     "quality": ("quality", "long videos per codec vs the bf16-cache video: PSNR, SSIM, drift"),
+    "ladder": ("ladder", "real engine in a fixed arena: bf16-only paging vs the QVG ladder"),
     "e2e": ("e2e", "time per chunk through the pool, bf16 vs QVG pages; N streams batched"),
     "serve": ("serve", "concurrent HTTP streams: time to first frame, inter-chunk p50/p99"),
 }

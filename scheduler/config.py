@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 from types import MappingProxyType
 
-from .vocab import RUNGS, Format, Rung
+from .vocab import RUNGS, EncodePolicy, Format, Rung
 
 __all__ = ["RUNGS", "Priority", "SchedulerConfig", "TenantConfig"]
 
@@ -98,6 +98,20 @@ class SchedulerConfig:
     """Steps a runnable stream may wait for memory before it fails ("kv_exhausted"): every
     stream ends with a reason even when its enabled rungs can never make room (~10 min)."""
     max_plans_per_step: int = 8
+    encode_policy: str = EncodePolicy.EAGER
+    """"eager": pages that leave the BF16 window are encoded to deep_format in spans right away
+    (a few plans a step), so memory pressure is the exception; "pressure": only above the
+    high watermark, to early_format first (round 1's behaviour; early_format only here)."""
+    eager_span_pages: int = 6
+    """Eager encoding waits for this many BF16 pages past the window, then encodes them as one
+    span: a span's codebook costs about one INT2 page at Self-Forcing shapes, so 3-page spans
+    would hold ~40% more bytes than 6-page ones (rung 1 under pressure still takes shorter)."""
+    eager_plans_per_step: int = 2
+    """Eager encode plans ordered per step (each costs the runner a span encode: ~1-2 ms on an
+    H200 at Self-Forcing shapes), so eager encoding never stalls a forward."""
+    admit_headroom: float = 1.0
+    """Admission admits a stream while the admitted streams' projected footprints (history at
+    deep_format, sink + window + one chunk BF16) stay within this share of the GPU arena."""
     """Encode / offload plans the ladder orders per step: each costs the runner GPU time (a
     span encode takes milliseconds), so a burst of pressure is spread over a few steps."""
     max_ladder_candidates: int = 64
@@ -125,6 +139,15 @@ class SchedulerConfig:
         _positive("max_ladder_candidates", self.max_ladder_candidates)
         _positive("max_blocked_steps", self.max_blocked_steps)
         _positive("max_plans_per_step", self.max_plans_per_step)
+        _positive("eager_plans_per_step", self.eager_plans_per_step, 0)
+        _positive("eager_span_pages", self.eager_span_pages)
+        if self.encode_policy not in tuple(EncodePolicy):
+            raise ValueError(f"encode_policy = {self.encode_policy!r}; use 'eager' or 'pressure'")
+        object.__setattr__(self, "encode_policy", EncodePolicy(self.encode_policy))
+        if not 0.0 < self.admit_headroom <= 4.0:
+            raise ValueError(
+                f"admit_headroom = {self.admit_headroom}; use (0, 4] (1.0 = the whole arena)"
+            )
         if not 0.0 < self.low_watermark <= self.high_watermark <= 1.0:
             raise ValueError(
                 f"watermarks low = {self.low_watermark}, high = {self.high_watermark}; "

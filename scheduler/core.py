@@ -11,7 +11,9 @@ import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable
 
+from .admission import Footprints
 from .config import SchedulerConfig
+from .headroom import Headroom
 from .ladder import LOSSLESS, LOSSY, Ladder
 from .layout import OutOfPages
 from .lifecycle import Lifecycle
@@ -21,7 +23,18 @@ from .rungs import PoolOps
 from .runqueue import RunQueue
 from .stream import Stream, StreamSpec
 from .tenants import TenantBook
-from .vocab import EndReason, Flag, Format, PassKind, PlanKind, Rung, StreamState, Tier, Unit
+from .vocab import (
+    EncodePolicy,
+    EndReason,
+    Flag,
+    Format,
+    PassKind,
+    PlanKind,
+    Rung,
+    StreamState,
+    Tier,
+    Unit,
+)
 
 
 class Scheduler:
@@ -44,7 +57,16 @@ class Scheduler:
         self.ops = PoolOps(config, allocator, book=self.book)
         self.ladder = Ladder(config, self.ops, self.book)
         self.queue = RunQueue()
-        self.lifecycle = Lifecycle(config, allocator, self.ops, self.ladder, self.queue)
+        layout = allocator.layout
+        self.footprints = Footprints(
+            config, dict(layout.page_bytes), dict(layout.codebook_bytes), self.ladder.total
+        )
+        self.lifecycle = Lifecycle(
+            config, allocator, self.ops, self.ladder, self.queue, self.footprints
+        )
+        self.room = Headroom(config, self.ops, self.lifecycle.admitted, self.ladder.total)
+        # eager policy: commit pages reserved before a chunk's first pass, lossless first
+        self._reserve = config.encode_policy == EncodePolicy.EAGER
         self.counters: Counter[str] = self.ops.counters
         self.step = 0
         self.refusing = False
@@ -90,6 +112,10 @@ class Scheduler:
         """Summaries of the last KEEP_ENDED ended streams, oldest first."""
         return self.lifecycle.ended
 
+    def streams_that_fit(self, spec: StreamSpec) -> int:
+        """How many more streams like `spec` admission takes now (the capacity endpoint)."""
+        return self.footprints.streams_that_fit(spec)
+
     @property
     def n_waiting(self) -> int:
         """Streams submitted and not yet admitted."""
@@ -120,6 +146,7 @@ class Scheduler:
         life.resume(self.step)
         admitted = life.admit(now, fx)
         self._batch = {item.stream_id: item for item in self._select(fx, now)}
+        self.room.eager(fx)
         use, self.refusing = self.ladder.pressure(life.admitted.values(), self._batch, fx)
         freed, ended = life.drain()
         freed += tuple(fx.freed)
@@ -150,7 +177,7 @@ class Scheduler:
                 continue  # ended meanwhile (cancel): its pages are already released
             if sid not in failed and sid in advanced:
                 self._advance(s, item)
-            elif item.new_pages:
+            elif item.new_pages and item.new_pages != s.reserved:  # a reservation stays
                 self.lifecycle.freed.extend(self.alloc.release(sid, item.new_pages))
                 self.book.add_pages(s, -len(item.new_pages))
         for sid, reason in failed.items():
@@ -165,6 +192,8 @@ class Scheduler:
             s.step += 1
             return
         s.append(list(item.new_pages), self.config.sink_pages)
+        if item.new_pages == s.reserved:
+            s.reserved = ()
         self.ops.touch(s)
         if item.kind == PassKind.RECOMPUTE:
             s.flags.discard(Flag.RECOMPUTE)
@@ -224,8 +253,13 @@ class Scheduler:
         if Flag.RECOMPUTE in s.flags:
             kind, n = PassKind.RECOMPUTE, s.rebuild
         elif s.committing:
-            kind, n = PassKind.COMMIT, s.spec.pages_per_chunk
-        new: tuple[int, ...] = ()
+            kind, n = PassKind.COMMIT, 0 if s.reserved else s.spec.pages_per_chunk
+        elif self._reserve and not s.reserved:  # the chunk's commit pages, before its first pass
+            got = self._allocate(s, s.spec.pages_per_chunk, fx, batch)
+            if got is None:
+                return None  # the batch runs without it (never a drop for a reservation)
+            s.reserved = got
+        new: tuple[int, ...] = s.reserved if kind == PassKind.COMMIT else ()
         if n:
             got = self._allocate(s, n, fx, batch)
             if got is None:
@@ -260,7 +294,9 @@ class Scheduler:
             if not self._make_room(s, n * self.ops.page_bytes[bf16], fx, batch, Unit.BYTES):
                 return None
             pages = self.alloc.allocate(s.id, bf16, n)
-            if isinstance(pages, OutOfPages) and Rung.DROP in self.config.rungs:
+            wait = self._reserve and self.ops.pending_frees
+            lossy = not (wait and self.room.fits_at_deep(n * self.room.bf16))
+            if isinstance(pages, OutOfPages) and Rung.DROP in self.config.rungs and lossy:
                 self.ops.drop(s, fx)  # nobody else may lose more: its own middle history
                 pages = self.alloc.allocate(s.id, bf16, n)
             if isinstance(pages, OutOfPages):
@@ -282,6 +318,9 @@ class Scheduler:
             self._lossless_done = self.step if tenant is None else self._lossless_done
         if pending + got >= need:
             return False  # wait for the plans to commit: cheaper than losing history
+        lossless_first = self._reserve and (pending or got)
+        if lossless_first and self.room.fits_at_deep(need if unit == Unit.BYTES else 0):
+            return False  # lossless plans are under way and everything fits once they land
         if tenant is None and self._lossy_dry == self.step:
             return True  # an O(streams) search already came back empty this step
         if not self.ladder.relieve(need - got, pool, exclude, LOSSY, s, fx, unit, tenant):

@@ -18,6 +18,7 @@ from __future__ import annotations
 import heapq
 from collections import OrderedDict
 
+from .admission import Footprints
 from .config import SchedulerConfig
 from .ladder import LOSSLESS, Ladder
 from .output import Admission, Effects, EndedStream
@@ -45,8 +46,10 @@ class Lifecycle:
         ops: PoolOps,
         ladder: Ladder,
         queue: RunQueue,
+        footprints: Footprints,
     ) -> None:
         self.config = config
+        self.footprints = footprints
         self.alloc = alloc
         self.ops = ops
         self.book: TenantBook = ops.book
@@ -160,6 +163,9 @@ class Lifecycle:
             if not self.book.fits_cap(s.spec.tenant, s.spec.pages_per_chunk):
                 skipped.append(s)
                 continue
+            if self.footprints.gate and self.admitted and not self.footprints.fits(s.spec):
+                skipped.append(s)  # its history would not fit at the deep format: it waits
+                break
             used += first
             self._start(s, now, fx.step)
             out.append(s.id)
@@ -182,6 +188,7 @@ class Lifecycle:
         s.state = StreamState.IDLE if s.paused else StreamState.RUNNING
         s.started_at = now
         self.admitted[s.id] = s
+        self.footprints.add(s.spec)
         self.book.add_stream(s.spec.tenant)
         s.record(step, Event.ADMITTED)
         if s.state is StreamState.RUNNING:
@@ -206,6 +213,8 @@ class Lifecycle:
         self.book.add_pages(s, -s.gpu_pages)
         if self.admitted.pop(s.id, None) is not None:
             self.book.remove_stream(s.spec.tenant)
+            self.footprints.remove(s.id)
+        s.reserved = ()
         s.segments = []
         s.changed()
         s.state = state

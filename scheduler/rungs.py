@@ -17,7 +17,7 @@ from .output import Effects, Order
 from .pages import PageAllocator
 from .stream import Event, Flag, Segment, Stream, StreamState
 from .tenants import TenantBook
-from .vocab import Action, Format, PlanKind, Rung, Tier
+from .vocab import Action, EncodePolicy, Format, PlanKind, Rung, Tier
 
 
 class Gain(NamedTuple):
@@ -50,6 +50,8 @@ class PoolOps:
         # Streams whose pages changed since rungs 1-3 last found nothing to do on them: the
         # lossless rungs look only here, so a step costs O(changed streams), not O(streams).
         self.dirty: dict[int, Stream] = {}
+        # Streams whose pages changed since eager encoding last looked at them (eager policy).
+        self.eager: dict[int, Stream] = {}
         layout = alloc.layout
         self.page_bytes = dict(layout.page_bytes)
         self.codebook_bytes = {f: layout.codebook_bytes.get(f, 0) for f in layout.page_bytes}
@@ -109,6 +111,7 @@ class PoolOps:
     def touch(self, s: Stream) -> None:
         """`s`'s pages or state changed: the lossless rungs should look at it again."""
         self.dirty[s.id] = s
+        self.eager[s.id] = s
 
     def abort_stream(self, stream: Stream) -> None:
         """Abort every pending plan of `stream` (it is ending)."""
@@ -123,22 +126,24 @@ class PoolOps:
 
     # -- rungs 1 and 2: encode, re-encode -------------------------------------------------------
 
-    def encode(self, s: Stream, fx: Effects) -> Gain:
-        """Rung 1: the oldest run of BF16 pages between sink and window becomes one span."""
-        run = self._bf16_run(s)
+    def encode(self, s: Stream, fx: Effects, min_pages: int | None = None) -> Gain:
+        """Rung 1 (and eager encoding): the oldest run of BF16 pages between sink and window
+        becomes one span, of the deep format under the eager policy, else the early one."""
+        run = self._bf16_run(s, min_pages or self.config.min_span_pages)
         if run is None:
             return NOTHING
         first, last = run
         seg = Segment([p for x in s.segments[first:last] for p in x.pages], Format.BF16)
         s.segments[first:last] = [seg]  # merging free BF16 runs changes no page
         seg = s.split(first, self.config.max_span_pages)
-        fmt = self.config.early_format
+        eager = self.config.encode_policy == EncodePolicy.EAGER
+        fmt = self.config.deep_format if eager else self.config.early_format
         plan = self.alloc.begin_encode(s.id, seg.pages, fmt)
         if isinstance(plan, OutOfPages):
             return NOTHING
         return self._open(plan, s, [seg], Action.ENCODE, self._bytes([seg]), fx)
 
-    def _bf16_run(self, s: Stream) -> tuple[int, int] | None:
+    def _bf16_run(self, s: Stream, least: int) -> tuple[int, int] | None:
         """(first, last + 1) of the first run of free GPU BF16 middle segments, long enough."""
         first, last = s.middle(self.config.sink_pages, self.config.window_pages)
         start, count = None, 0
@@ -149,10 +154,10 @@ class PoolOps:
                 start = i if start is None else start
                 count += len(seg.pages)
                 continue
-            if start is not None and count >= self.config.min_span_pages:
+            if start is not None and count >= least:
                 return start, i
             start, count = None, 0
-        if start is not None and count >= self.config.min_span_pages:
+        if start is not None and count >= least:
             return start, last
         return None
 
@@ -258,6 +263,7 @@ class PoolOps:
         """
         if s.plans:
             return NOTHING
+        self.release_reserved(s, fx)
         on_gpu = Tier.GPU
         gpu = [x for x in s.segments if x.tier == on_gpu]
         gain = self._move(s, gpu, Tier.CPU, Action.PREEMPT, fx) if self.has_cpu else NOTHING
@@ -277,6 +283,15 @@ class PoolOps:
         self.preempted[s.id] = s
         fx.preempted.append(s.id)
         return gain
+
+    def release_reserved(self, s: Stream, fx: Effects) -> int:
+        """Give back `s`'s commit reservation (it is preempted: its chunk restarts later)."""
+        n = len(s.reserved)
+        if n:
+            fx.freed.extend(self.alloc.release(s.id, s.reserved))
+            self.book.add_pages(s, -n)
+            s.reserved = ()
+        return n
 
     def _release(self, s: Stream, segs: list[Segment], fx: Effects) -> Gain:
         pages = [p for x in segs for p in x.pages]

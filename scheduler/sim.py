@@ -169,7 +169,7 @@ class Simulator:
             for s in self.scheduler.admitted.values()
             if not s.flags
             and s.dropped_pages == 0
-            and s.gpu_pages == s.n_pages() >= self.resident_pages
+            and s.gpu_pages - len(s.reserved) == s.n_pages() >= self.resident_pages
         )
 
 

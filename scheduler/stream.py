@@ -102,7 +102,7 @@ class Stream:
     __slots__ = (
         "spec", "state", "flags", "history", "end_reason", "chunk", "step", "segments",
         "gpu_pages", "dropped_pages", "plans", "paused", "vtime", "last_served", "seq",
-        "started_at", "version", "rebuild", "preempted_at", "blocked", "_table",
+        "started_at", "version", "rebuild", "preempted_at", "blocked", "reserved", "_table",
     )  # fmt: skip
 
     def __init__(self, spec: StreamSpec, seq: int) -> None:
@@ -126,6 +126,9 @@ class Stream:
         self.rebuild = 0  # pages a recompute must rebuild (preempted by dropping)
         self.preempted_at = -1  # scheduler step of its last preemption
         self.blocked = 0  # consecutive picks that found no memory for its pass
+        # BF16 pages taken for the current chunk's commit before its denoising passes run (the
+        # commit pass writes them): a chunk that starts can always commit, never by a drop
+        self.reserved: tuple[int, ...] = ()
         self._table: tuple[int, ...] | None = None
 
     @property

@@ -59,6 +59,15 @@ RUNGS = tuple(Rung)
 """The ladder's rungs in order; SchedulerConfig.rungs names a subset."""
 
 
+class EncodePolicy(StrEnum):
+    """When BF16 pages that left the window are encoded."""
+
+    EAGER = "eager"
+    """As soon as a span's worth leaves the window, to the deep format, a few plans a step."""
+    PRESSURE = "pressure"
+    """Only above the high watermark (rung 1, early format), as round 1 did."""
+
+
 class Unit(StrEnum):
     """What a ladder request's `need` counts."""
 

@@ -107,6 +107,7 @@ def capacity(args: argparse.Namespace, frames: int, ladder: bool) -> dict[str, o
         rungs=frozenset(rungs),
         max_batch_streams=2,
         max_waiting=1,
+        encode_policy="eager" if ladder else "pressure",  # bf16 only: round 1's paging
     )
     chunks = -(-frames // 3)
     per_stream_steps = chunks * 5

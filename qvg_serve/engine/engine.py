@@ -140,10 +140,7 @@ class Engine:
         mc = self.mc
         self._check_text(text)
         sid = next(self._ids) if stream_id is None else stream_id
-        spec = StreamSpec(
-            sid, tenant, priority, chunks, mc.frames_per_chunk, mc.tokens_per_frame,
-            len(mc.timesteps), target_fps, mc.frames_per_latent,
-        )  # fmt: skip
+        spec = self._spec(sid, chunks, tenant, priority, target_fps)
         adm = self.scheduler.submit(spec)
         if adm.accepted:
             shape = (mc.in_channels, mc.frames_per_chunk, mc.latent_height, mc.latent_width)
@@ -151,6 +148,20 @@ class Engine:
                 text.to(self.device, self._dtype()), sampler.StreamNoise(seed, shape)
             )
         return sid, adm
+
+    def _spec(
+        self,
+        sid: int,
+        chunks: int | None,
+        tenant: str = "default",
+        priority: int = 1,
+        target_fps: float | None = None,
+    ) -> StreamSpec:
+        mc = self.mc
+        return StreamSpec(
+            sid, tenant, priority, chunks, mc.frames_per_chunk, mc.tokens_per_frame,
+            len(mc.timesteps), target_fps, mc.frames_per_latent,
+        )  # fmt: skip
 
     def cancel(self, stream_id: int, reason: str = "cancelled") -> CancelResult:
         """End a stream now: its pages are freed at once, chunks not yet stepped are never made.
@@ -315,9 +326,11 @@ class Engine:
         """State, pages and bytes by format and tier, ladder history, end reason (views.py)."""
         return views.stream_snapshot(self.scheduler.get(stream_id), self.alloc.layout.page_bytes)
 
-    def capacity(self) -> dict:
-        """Free KV and how many more minimal streams fit (views.py)."""
-        return views.capacity(self.alloc, self.scheduler, self.mc.frames_per_chunk)
+    def capacity(self, chunks: int | None = 7) -> dict:
+        """Free KV, and how many more streams of `chunks` chunks admission would take now
+        (the same projection admission uses; views.py)."""
+        spec = self._spec(0, chunks)
+        return views.capacity(self.alloc, self.scheduler, self.scheduler.streams_that_fit(spec))
 
     def kv_stats(self) -> KVStats:
         return views.kv_stats(self.alloc, self.scheduler)

@@ -51,22 +51,20 @@ def _empty(state: str) -> dict[str, Any]:
             "preemptions": 0, "history": [], "end_reason": None}  # fmt: skip
 
 
-def capacity(alloc: PageAllocator, sched: Scheduler, frames_per_chunk: int) -> dict[str, Any]:
-    """Free GPU bytes and pages per format, and how many more minimal streams would fit.
+def capacity(alloc: PageAllocator, sched: Scheduler, streams_that_fit: int) -> dict[str, Any]:
+    """Free GPU bytes and pages per format, and how many more streams admission would take.
 
-    A minimal resident stream holds its sink + window + one chunk of BF16 pages (what the
-    scheduler requires before admitting it); quantization later makes room for more, so this
-    is a floor.
+    `streams_that_fit` comes from the scheduler's admission projection (scheduler/admission.py:
+    history at the deep format, sink + window + one chunk BF16), the function admission itself
+    uses, so the endpoint and admission never disagree.
     """
     st = alloc.stats()
-    cfg = sched.config
     free_pages = {fmt: st.free_items("gpu", fmt) for fmt in alloc.layout.page_bytes}
-    per_stream = cfg.sink_pages + cfg.window_pages + frames_per_chunk
     return {
         "free_bytes": st.free_bytes["gpu"],
         "total_bytes": st.total_bytes["gpu"],
         "free_pages": free_pages,
-        "streams_that_fit": free_pages["bf16"] // max(1, per_stream),
+        "streams_that_fit": streams_that_fit,
         "live_streams": len(sched.streams),
         "waiting": sched.n_waiting,
         "refusing": sched.refusing,

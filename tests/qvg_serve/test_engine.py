@@ -102,6 +102,7 @@ def test_quantized_pages_stay_within_a_stated_bound():
         high_watermark=0.5,
         low_watermark=0.3,
         rungs=frozenset({"encode", "reencode"}),
+        encode_policy="pressure",  # rung 1 (INT4) then rung 2 (INT2), as the docstring says
     )
     sid, _ = eng.submit(text(7), chunks=4, seed=7)
     chunks = eng.run_until_idle()
@@ -167,3 +168,29 @@ def test_bad_text_shape_is_refused():
     eng = engine()
     with pytest.raises(ValueError, match="text embeddings"):
         eng.submit(torch.zeros(3, 3))
+
+
+def test_tight_arena_eager_ladder_loses_nothing():
+    """Four 5-chunk streams in an arena of 0.45x their BF16 history (their history fits at
+    INT2 with sink + window BF16): eager encoding, commit reservations and projected admission
+    finish every stream with no drop and no preempt; BF16-only paging in the same arena drops."""
+    page = 2 * MC.layers * MC.tokens_per_frame * MC.dim * 2
+    need = 4 * 5 * MC.frames_per_chunk * page
+
+    def run(**sched):
+        eng = engine(budget=int(0.45 * need), max_batch_streams=4, **sched)
+        ids = [eng.submit(text(i), chunks=5, seed=i)[0] for i in range(4)]
+        ends: dict[int, str] = {}
+        while eng.busy():
+            ends.update(eng.step().ended)
+            eng.check_invariants()
+        return ids, ends, eng.kv_stats().ladder
+
+    ids, ends, ladder = run()
+    assert ends == {sid: "completed" for sid in ids}
+    assert ladder.get("drop", 0) == 0 and ladder.get("preempt", 0) == 0, ladder
+    assert ladder.get("encode", 0) > 0, ladder
+    _, _, bf16 = run(
+        rungs=frozenset({"offload", "drop", "preempt", "refuse"}), encode_policy="pressure"
+    )
+    assert bf16.get("drop", 0) + bf16.get("preempt", 0) > 0, bf16  # the pressure is real

@@ -12,6 +12,11 @@ from scheduler.sim import complete, toy_layout
 from scheduler.stream import StreamSpec
 
 
+def pressure(**cfg: object) -> SchedulerConfig:
+    """These tests pin round 1's ladder: encodes only under pressure, to the early format."""
+    return SchedulerConfig(**{"encode_policy": "pressure", **cfg})  # type: ignore[arg-type]
+
+
 class Clock:
     def __init__(self) -> None:
         self.now = 0.0
@@ -23,7 +28,11 @@ class Clock:
 def make(gpu_pages: int = 256, **cfg: object) -> tuple[Scheduler, PageAllocator, Clock]:
     clock = Clock()
     alloc = PageAllocator(toy_layout(gpu_pages))
-    return Scheduler(SchedulerConfig(**cfg), alloc, clock=clock), alloc, clock  # type: ignore[arg-type]
+    return (
+        Scheduler(pressure(**cfg), alloc, clock=clock),
+        alloc,
+        clock,
+    )  # type: ignore[arg-type]
 
 
 def spec(sid: int, chunks: int = 50, **kw: object) -> StreamSpec:

@@ -9,13 +9,18 @@ from scheduler.sim import complete, toy_layout
 from scheduler.stream import Flag, StreamSpec, StreamState
 
 
+def pressure(**cfg: object) -> SchedulerConfig:
+    """These tests pin round 1's ladder: encodes only under pressure, to the early format."""
+    return SchedulerConfig(**{"encode_policy": "pressure", **cfg})  # type: ignore[arg-type]
+
+
 def spec(sid: int, chunks: int | None = 8) -> StreamSpec:
     return StreamSpec(sid, target_chunks=chunks, page_tokens=10, denoise_steps=1)
 
 
 def make(gpu: int, cpu: int = 0, **cfg: object) -> tuple[Scheduler, PageAllocator]:
     alloc = PageAllocator(toy_layout(gpu, cpu))
-    return Scheduler(SchedulerConfig(**cfg), alloc, clock=lambda: 0.0), alloc  # type: ignore[arg-type]
+    return Scheduler(pressure(**cfg), alloc, clock=lambda: 0.0), alloc  # type: ignore[arg-type]
 
 
 def drive(sched: Scheduler, alloc: PageAllocator, steps: int) -> list:

@@ -81,8 +81,12 @@ def check_step(sim: Simulator) -> None:
     alloc.check_invariants()
     recount: dict[str, int] = {}
     for s in sched.admitted.values():
-        assert set(s.table()) == set(alloc.pages_of(s.id)), s.id  # no leak, no stray page
-        on_gpu = sum(1 for p in s.table() if alloc.location(p).tier == "gpu")
+        # no leak, no stray page: the table plus the commit reservation (reserved pages are
+        # GPU BF16 pages the stream holds for its chunk's commit; nothing reads them yet)
+        assert not set(s.table()) & set(s.reserved), s.id
+        assert set(s.table()) | set(s.reserved) == set(alloc.pages_of(s.id)), s.id
+        assert all(alloc.location(p).tier == "gpu" for p in s.reserved)
+        on_gpu = sum(1 for p in s.table() if alloc.location(p).tier == "gpu") + len(s.reserved)
         assert s.gpu_pages == on_gpu
         recount[s.spec.tenant] = recount.get(s.spec.tenant, 0) + on_gpu
     for tenant, n in recount.items():

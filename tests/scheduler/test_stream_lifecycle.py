@@ -14,7 +14,7 @@ from scheduler.stream import StreamSpec, StreamState
 
 def make(gpu_pages: int = 64, **cfg: object) -> tuple[Scheduler, PageAllocator]:
     alloc = PageAllocator(toy_layout(gpu_pages))
-    config = SchedulerConfig(max_batch_tokens=120, **cfg)  # type: ignore[arg-type]
+    config = SchedulerConfig(**{"max_batch_tokens": 120, "encode_policy": "pressure", **cfg})  # type: ignore[arg-type]
     return Scheduler(config, alloc, clock=lambda: 0.0), alloc
 
 

@@ -11,6 +11,11 @@ from scheduler.stream import StreamSpec
 BF16_ONLY = frozenset({"drop", "preempt", "refuse"})
 
 
+def pressure(**cfg: object) -> SchedulerConfig:
+    """These tests pin round 1's ladder: encodes only under pressure, to the early format."""
+    return SchedulerConfig(**{"encode_policy": "pressure", **cfg})  # type: ignore[arg-type]
+
+
 def spec(sid: int, tenant: str, chunks: int | None = 4, **kw: object) -> StreamSpec:
     return StreamSpec(
         sid, tenant=tenant, target_chunks=chunks, page_tokens=10, denoise_steps=1, **kw
@@ -19,7 +24,7 @@ def spec(sid: int, tenant: str, chunks: int | None = 4, **kw: object) -> StreamS
 
 def make(gpu: int, cpu: int = 0, **cfg: object) -> tuple[Scheduler, PageAllocator]:
     alloc = PageAllocator(toy_layout(gpu, cpu))
-    return Scheduler(SchedulerConfig(**cfg), alloc, clock=lambda: 0.0), alloc  # type: ignore[arg-type]
+    return Scheduler(pressure(**cfg), alloc, clock=lambda: 0.0), alloc  # type: ignore[arg-type]
 
 
 def drive(sched: Scheduler, alloc: PageAllocator, steps: int, check=None) -> list:

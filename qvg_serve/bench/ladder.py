@@ -1,0 +1,145 @@
+"""`qvg-serve bench ladder`: the real engine in a fixed KV arena, BF16-only paging vs the QVG
+ladder (eager encoding, commit reservations, lossless-first, admission by projection).
+
+N streams x C chunks are submitted at once to one Engine (any preset, any device; the model
+runs for real, through the paged pool). The arena is given in bytes (--arena-bytes) or as a
+fraction of the streams' whole BF16 history (--arena-fraction, default 0.5). Each mode runs in
+the same arena, same process, same streams:
+
+    bf16   rungs offload/drop/preempt/refuse only, encode_policy "pressure": BF16-only paging
+    qvg    every rung, encode_policy "eager" (the default policy)
+
+One JSON row per run: streams, completed, drop, preempt, encode, reencode, offload, wall_s,
+video frames/s, peak resident streams, arena bytes, bf16-need bytes. `--sweep` reports per mode
+the largest N that completes with zero drops and zero preempts in the fixed arena.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+import torch
+
+from qvg_serve.engine import Engine, EngineConfig, load_runtime
+from scheduler.config import SchedulerConfig
+from scheduler.vocab import RUNGS, EncodePolicy, Rung
+
+MODES = {
+    "bf16": dict(rungs=frozenset(RUNGS) - {Rung.ENCODE, Rung.REENCODE}, policy="pressure"),
+    "qvg": dict(rungs=frozenset(RUNGS), policy="eager"),
+}
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="tiny", help="model preset (tiny, self-forcing-1.3b)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--streams", type=int, default=8)
+    p.add_argument("--chunks", type=int, default=8, help="chunks per stream")
+    p.add_argument("--arena-bytes", type=int, default=None)
+    p.add_argument("--arena-fraction", type=float, default=0.5,
+                   help="arena as a fraction of the streams' whole BF16 history")  # fmt: skip
+    p.add_argument("--max-batch", type=int, default=4, help="streams per forward pass")
+    p.add_argument("--modes", default="bf16,qvg")
+    p.add_argument("--sweep", action="store_true", help="largest zero-loss N per mode")
+    p.add_argument("--max-streams", type=int, default=64, help="upper bound of the sweep")
+    p.add_argument("--max-steps", type=int, default=200_000)
+    p.add_argument("--json", action="store_true")
+
+
+def bf16_need(rt, chunks: int, streams: int) -> int:
+    """Bytes of the streams' whole history in BF16 (K and V, every layer)."""
+    mc = rt.model.config
+    page = 2 * mc.layers * mc.tokens_per_frame * mc.heads * mc.head_dim * 2
+    return streams * chunks * mc.frames_per_chunk * page
+
+
+def run_mode(rt, args, mode: str, streams: int, arena: int) -> dict:
+    mc = rt.model.config
+    m = MODES[mode]
+    sc = SchedulerConfig(
+        max_batch_streams=args.max_batch,
+        max_batch_tokens=args.max_batch * mc.chunk_tokens,
+        rungs=m["rungs"],
+        encode_policy=EncodePolicy(m["policy"]),
+        max_waiting=max(64, streams),
+        sink_pages=min(3, mc.frames_per_chunk),
+        window_pages=mc.frames_per_chunk,
+    )
+    cfg = EngineConfig(model=mc.name, kv_cache_memory_bytes=arena, device=str(rt.device))
+    eng = Engine(rt.model, cfg, sc, decoder=rt.decoder, device=rt.device)
+    gen = torch.Generator().manual_seed(0)
+    for i in range(streams):
+        text = torch.randn(mc.text_len, mc.text_dim, generator=gen)
+        _, adm = eng.submit(text, chunks=args.chunks, seed=i)
+        if not adm.accepted:
+            raise ValueError(f"stream {i} refused at submit ({adm.reason}): raise --max-waiting")
+    ends: dict[int, str] = {}
+    frames, peak, steps, t0 = 0, 0, 0, time.perf_counter()
+    while eng.busy() and steps < args.max_steps:
+        report = eng.step()
+        steps += 1
+        frames += sum(c.frames.shape[0] for _, c in report.chunks)
+        ends.update(report.ended)
+        kv = eng.kv_stats()
+        peak = max(peak, kv.streams.get("running", 0) + kv.streams.get("idle", 0))
+    if rt.device.type == "cuda":
+        torch.cuda.synchronize()
+    wall = time.perf_counter() - t0
+    lad = eng.kv_stats().ladder
+    return {
+        "mode": mode, "model": mc.name, "streams": streams, "chunks": args.chunks,
+        "completed": sum(1 for r in ends.values() if r == "completed"),
+        "drop": lad.get("drop", 0), "preempt": lad.get("preempt", 0),
+        "encode": lad.get("encode", 0), "reencode": lad.get("reencode", 0),
+        "offload": lad.get("offload", 0), "steps": steps, "wall_s": round(wall, 3),
+        "video_frames_per_s": round(frames / wall, 2) if wall else 0.0,
+        "peak_resident": peak, "arena_bytes": eng.kv_stats().total_bytes["gpu"],
+        "bf16_need_bytes": bf16_need(rt, args.chunks, streams),
+    }  # fmt: skip
+
+
+def lossless(row: dict) -> bool:
+    return row["drop"] == 0 and row["preempt"] == 0 and row["completed"] == row["streams"]
+
+
+def sweep(rt, args, mode: str, arena: int) -> dict:
+    """Largest N with zero loss (N doubles until a loss, then a binary search)."""
+    good, n, rows = 0, 1, []
+    bad = args.max_streams + 1
+    while n < bad:
+        row = run_mode(rt, args, mode, n, arena)
+        rows.append(row)
+        print(json.dumps(row), file=sys.stderr)
+        if lossless(row):
+            good = n
+            n = min(n * 2, args.max_streams + 1) if bad > args.max_streams else (n + bad) // 2
+        else:
+            bad = n
+            n = (good + bad) // 2 if bad - good > 1 else bad
+        if bad - good <= 1:
+            break
+    return {"mode": mode, "largest_lossless_streams": good, "arena_bytes": arena, "runs": rows}
+
+
+def run(args: argparse.Namespace) -> int:
+    rt = load_runtime(EngineConfig(model=args.model, device=args.device), warn=lambda *a, **k: None)
+    arena = args.arena_bytes or int(args.arena_fraction * bf16_need(rt, args.chunks, args.streams))
+    out = []
+    for mode in args.modes.split(","):
+        if mode not in MODES:
+            print(f"qvg-serve bench ladder: unknown mode {mode!r}; use {sorted(MODES)}")
+            return 2
+        row = (
+            sweep(rt, args, mode, arena)
+            if args.sweep
+            else run_mode(rt, args, mode, args.streams, arena)
+        )
+        out.append(row)
+        if not args.json:
+            print(json.dumps({k: v for k, v in row.items() if k != "runs"}), flush=True)
+    if args.json:
+        print(json.dumps(out, indent=1))
+    return 0
