@@ -67,9 +67,9 @@ def _e4m3(b):
 
 
 @triton.jit
-def _qvg_half(u8, bf, f32, src, book, h, t0,
+def _qvg_half(u8, bf, f32, s16, b16, h, t0,
               T: tl.constexpr, H: tl.constexpr, D: tl.constexpr, BS: tl.constexpr,
-              SC, ID, SOS, C, BITS: tl.constexpr, G: tl.constexpr, LG: tl.constexpr,
+              SC, ID, SOS4, C, BITS: tl.constexpr, G: tl.constexpr, LG: tl.constexpr,
               ST: tl.constexpr, ROT: tl.constexpr):  # fmt: skip
     """Decoded fp32 [BS * D/G, G] tile (row = token-group) of one (layer, kv) slice."""
     NG: tl.constexpr = D // G
@@ -79,9 +79,10 @@ def _qvg_half(u8, bf, f32, src, book, h, t0,
     g = m % NG
     ok = t < T
     n = (h * T + t) * NG + g  # token-group index inside the slice
-    q = _unpack(u8 + src, n, ok, G, BITS, True).to(tl.float32)
-    s = _e4m3(tl.load(u8 + src + SC + n, mask=ok, other=0).to(tl.int32))
-    s = s * tl.load(f32 + (book + SOS) // 4 + h)
+    # slice bases in 16-byte units times a constant: the compiler sees 16-byte alignment
+    q = _unpack(u8 + s16 * 16, n, ok, G, BITS, True).to(tl.float32)
+    s = _e4m3(tl.load(u8 + s16 * 16 + SC + n, mask=ok, other=0).to(tl.int32))
+    s = s * tl.load(f32 + b16 * 4 + SOS4 + h)
     lv = q - ((1 << BITS) - 1) / 2
     if ROT:
         y = _fwht(lv, BM, G, LG, 2) * (s * (1.0 / tl.sqrt(G * 1.0)))[:, None]
@@ -89,10 +90,11 @@ def _qvg_half(u8, bf, f32, src, book, h, t0,
         y = lv * s[:, None]
     offs_c = tl.arange(0, G)
     for st in tl.static_range(ST):
-        idx = tl.load(u8 + src + ID + st * H * T + h * T + t, mask=ok, other=0).to(tl.int64)
+        idx = tl.load(u8 + s16 * 16 + ID + st * H * T + h * T + t, mask=ok, other=0)
+        idx = idx.to(tl.int64)
         row = (st * H + h) * C + idx
         cen = tl.load(
-            bf + book // 2 + row[:, None] * D + (g * G)[:, None] + offs_c[None, :],
+            bf + b16 * 8 + row[:, None] * D + (g * G)[:, None] + offs_c[None, :],
             mask=ok[:, None],
             other=0.0,
         )
@@ -113,7 +115,7 @@ def _paged_read_kernel(
     u8, bf, f32, ws, half_stride,
     src_ptr, book_ptr, kind_ptr, dst_ptr, pos_ptr,
     tab, axis_ptr, div0, div1, div2, mod0, mod1, mod2,
-    layer, n_tiles, SB0, SBA, BSBA, SCA, IDA, SOSA, CA, SBB, BSBB, SCB, IDB, SOSB, CB,
+    layer, n_tiles, SB0, SBA, BSBA, SCA, IDA, SOSA, CA, SBB, BSBB, SCB, IDB, SOSB, CB,  # 16 B units
     T: tl.constexpr, H: tl.constexpr, D: tl.constexpr, DP: tl.constexpr, BS: tl.constexpr,
     ROPE: tl.constexpr, NAX: tl.constexpr, ROWS: tl.constexpr, LO: tl.constexpr,
     NQ: tl.constexpr, A_BITS: tl.constexpr, A_G: tl.constexpr, A_LG: tl.constexpr,
@@ -124,8 +126,8 @@ def _paged_read_kernel(
     t0 = (tl.program_id(0) % n_tiles) * BS
     h = tl.program_id(1)
     kind = tl.load(kind_ptr + page)
-    src = tl.load(src_ptr + page)
-    book = tl.load(book_ptr + page)
+    src = tl.load(src_ptr + page) // 16  # 16-byte units (every slice is 16-byte aligned)
+    book = tl.load(book_ptr + page) // 16
     dst = tl.load(dst_ptr + page)
     pos = tl.load(pos_ptr + page)
     for half in tl.static_range(2):
@@ -133,7 +135,7 @@ def _paged_read_kernel(
             t = t0 + tl.arange(0, BS)
             ok = t < T
             c = tl.arange(0, DP)
-            base = (src + (2 * layer + half) * SB0) // 2
+            base = (src + (2 * layer + half) * SB0) * 8
             off = base + (h * T + t).to(tl.int64)[:, None] * D + c[None, :]
             y = tl.load(bf + off, mask=ok[:, None] & (c[None, :] < D), other=0.0)
             y = y.to(tl.float32)
@@ -163,14 +165,14 @@ def _paged_read_kernel(
 @triton.jit
 def _qvg_page(u8, bf, f32, ws, half_stride, half: tl.constexpr, src, book, dst, pos, h, t0,
               layer, tab, axis_ptr, div0, div1, div2, mod0, mod1, mod2,
-              SB, BSB, SC, ID, SOS, C, T: tl.constexpr, H: tl.constexpr, D: tl.constexpr,
+              SB, BSB, SC, ID, SOS4, C, T: tl.constexpr, H: tl.constexpr, D: tl.constexpr,
               BS: tl.constexpr, ROPE: tl.constexpr, NAX: tl.constexpr, ROWS: tl.constexpr,
               LO: tl.constexpr, BITS: tl.constexpr, G: tl.constexpr, LG: tl.constexpr,
               ST: tl.constexpr, ROT: tl.constexpr):  # fmt: skip
     """One (layer, half) tile of a QVG page: decode, rotate keys, store."""
     s = src + (2 * layer + half) * SB
     b = book + (2 * layer + half) * BSB
-    y, t, c0, ok = _qvg_half(u8, bf, f32, s, b, h, t0, T, H, D, BS, SC, ID, SOS, C,
+    y, t, c0, ok = _qvg_half(u8, bf, f32, s, b, h, t0, T, H, D, BS, SC, ID, SOS4, C,
                              BITS, G, LG, ST, ROT)  # fmt: skip
     if half == 0 and ROPE:
         y = _rope(y, pos + t, c0, tab, axis_ptr, div0, div1, div2, mod0, mod1, mod2,
@@ -203,8 +205,10 @@ def _qvg_args(fmt: PageFormat) -> tuple[tuple, dict]:
     f, bk = fmt.fields, fmt.book_fields
     if f["codes"][0] != 0 or bk["centroids.0"][0] != 0:
         raise ValueError(f"paged read: {spec.name} slices must start with codes / centroids")
-    ints = (fmt.slice_bytes, fmt.book_slice_bytes, f["scales"][0], f["ids.0"][0])
-    ints += (bk["scale_of_scales"][0], ks.centroids)
+    if fmt.slice_bytes % 16 or fmt.book_slice_bytes % 16 or bk["scale_of_scales"][0] % 4:
+        raise ValueError(f"paged read: {spec.name} slices must be 16-byte aligned")
+    ints = (fmt.slice_bytes // 16, fmt.book_slice_bytes // 16, f["scales"][0], f["ids.0"][0])
+    ints += (bk["scale_of_scales"][0] // 4, ks.centroids)
     g = qs.group_size
     const = dict(BITS=qs.bits, G=g, LG=g.bit_length() - 1, ST=ks.stages, ROT=qs.rotate)
     return ints, const
@@ -239,7 +243,7 @@ def paged_read(
     n_tiles = triton.cdiv(t, block_s)
     _paged_read_kernel[(pages * n_tiles, h)](
         arena, arena.view(torch.bfloat16), arena.view(torch.float32), ws, ws.stride(0),
-        *batch, tab, axis, *div, *mod, layer, n_tiles, formats[0].slice_bytes, *qa[0], *qb[0],
+        *batch, tab, axis, *div, *mod, layer, n_tiles, formats[0].slice_bytes // 16, *qa[0], *qb[0],
         T=t, H=h, D=d, DP=triton.next_power_of_2(d), BS=block_s, ROPE=rope is not None,
         NAX=nax, ROWS=HI_ROWS, LO=LO_ROWS,
         **{f"A_{k}": v for k, v in qa[1].items()},
@@ -247,3 +251,51 @@ def paged_read(
         num_warps=num_warps,
     )  # fmt: skip
     return ws
+
+
+@triton.jit
+def _rope_rows_kernel(x, pos_ptr, out, rows_ptr, N, tab, axis_ptr,
+                      div0, div1, div2, mod0, mod1, mod2,
+                      H: tl.constexpr, D: tl.constexpr, DP: tl.constexpr, BS: tl.constexpr,
+                      NAX: tl.constexpr, ROWS: tl.constexpr, LO: tl.constexpr):  # fmt: skip
+    n = tl.program_id(0) * BS + tl.arange(0, BS)
+    h = tl.program_id(1)
+    ok = n < N
+    c = tl.arange(0, DP)
+    m = ok[:, None] & (c[None, :] < D)
+    y = tl.load(x + (n.to(tl.int64) * H + h)[:, None] * D + c[None, :], mask=m, other=0.0)
+    p = tl.load(pos_ptr + n, mask=ok, other=0)
+    y = _rope(y.to(tl.float32), p, tl.zeros_like(n), tab, axis_ptr,
+              div0, div1, div2, mod0, mod1, mod2, BS, DP, D // 2, NAX, ROWS, LO)  # fmt: skip
+    r = tl.load(rows_ptr + n, mask=ok, other=0)
+    tl.store(out + (r * H + h)[:, None] * D + c[None, :], y.to(out.dtype.element_ty), mask=m)
+
+
+def rope_rows(
+    x: torch.Tensor,
+    pos: torch.Tensor,
+    rope: AxialRope,
+    out: torch.Tensor | None = None,
+    rows: torch.Tensor | None = None,
+    block_s: int = 16,
+) -> torch.Tensor:
+    """x [N, H, D] rotated at pos int64 [N] (reference: `AxialRope.rotate`), written to rows
+    `rows` int64 [N] of out [M, H, D] (default: a new [N, H, D], rows 0..N-1). One pass:
+    reads N*H*D*x.itemsize bytes, writes N*H*D*out.itemsize."""
+    n, h, d = x.shape
+    x = x.contiguous()
+    if out is None:
+        out = torch.empty_like(x)
+    if rows is None:
+        rows = torch.arange(n, device=x.device)
+    if out.shape[1:] != x.shape[1:] or not out.is_contiguous():
+        raise ValueError(f"rope_rows: out must be a contiguous [M, {h}, {d}] tensor")
+    if n == 0:
+        return out
+    tab, axis, (div, mod), nax = _rope_args(rope, d, str(x.device))
+    grid = (triton.cdiv(n, block_s), h)
+    _rope_rows_kernel[grid](
+        x, pos, out, rows, n, tab, axis, *div, *mod,
+        H=h, D=d, DP=triton.next_power_of_2(d), BS=block_s, NAX=nax, ROWS=HI_ROWS, LO=LO_ROWS,
+    )  # fmt: skip
+    return out

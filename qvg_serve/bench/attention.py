@@ -97,7 +97,9 @@ def _dense_rows(rope, q, kn, vn, k, v, hpos, qpos, device, repeat) -> list[dict]
     cache[0, 0, :hist] = rope.rotate(k[0].transpose(0, 1), hpos)  # cached after RoPE
     cache[1, 0, :hist] = v[0].transpose(0, 1)
     cr = ChunkRope(rope, qpos)
-    cache[0, 0, hist:], cache[1, 0, hist:] = cr(kn), vn
+    rows = torch.arange(hist, hist + lq, device=device)
+    cr(kn, out=cache[0, 0], rows=rows)
+    cache[1, 0, hist:] = vn
     qr = cr(q)
 
     def sdpa(qq):
@@ -105,7 +107,7 @@ def _dense_rows(rope, q, kn, vn, k, v, hpos, qpos, device, repeat) -> list[dict]
         return F.scaled_dot_product_attention(qq[None].transpose(1, 2), kk, vv)
 
     def dense_sf():
-        cache[0, 0, hist:] = cr(kn)
+        cr(kn, out=cache[0, 0], rows=rows)  # RoPE on the chunk only, into the cache
         cache[1, 0, hist:] = vn
         return sdpa(cr(q))
 

@@ -33,14 +33,18 @@ class DenseSFContext:
     def __init__(self, cache: DenseCache, rope: AxialRope, history: int, q_pos, streams: int):
         self.cache, self.history, self.streams = cache, history, streams
         self.rope = ChunkRope(rope, q_pos.repeat(streams))
-        if history + q_pos.numel() > cache.k.shape[2]:
+        cap, lq = cache.k.shape[2], q_pos.numel()
+        if history + lq > cap:
             raise ValueError("DenseSFContext: history + chunk exceed the cache capacity")
+        # the chunk's rows in the flattened [streams * capacity] cache of one layer
+        first = torch.arange(streams, device=q_pos.device)[:, None] * cap + history
+        self.rows = (first + torch.arange(lq, device=q_pos.device)).reshape(-1)
 
     def self_attention(self, layer: int, q, k, v) -> torch.Tensor:
         b, h = self.streams, self.history
         lq = q.shape[0] // b
         kc, vc = self.cache.k[layer, :b], self.cache.v[layer, :b]
-        kc[:, h : h + lq] = self.rope(k).view(b, lq, *k.shape[1:])
+        self.rope(k, out=kc.flatten(0, 1), rows=self.rows)  # RoPE on the new chunk only
         vc[:, h : h + lq] = v.view(b, lq, *v.shape[1:])
         qb = self.rope(q).view(b, lq, *q.shape[1:]).transpose(1, 2)
         kk, vv = (x[:, : h + lq].transpose(1, 2) for x in (kc, vc))

@@ -96,17 +96,28 @@ class Workspace:
 
 
 class ChunkRope:
-    """RoPE at fixed positions with the angles computed once (a step's chunk positions)."""
+    """RoPE at a step's fixed chunk positions: the fused Triton kernel on CUDA, cached angles
+    in torch elsewhere; optionally written straight into rows of a buffer (the workspace)."""
 
     def __init__(self, rope: AxialRope | None, positions: torch.Tensor) -> None:
-        self.cs = None
-        if rope is not None:
+        self.rope, self.pos, self.cs = rope, positions.to(torch.int64), None
+        if rope is not None and not positions.is_cuda:
             ang = rope.angles(positions)[:, None]  # float64 [N, 1, D/2]
             self.cs = (ang.cos().float(), ang.sin().float())
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if self.cs is None:
-            return x
+    def __call__(self, x: torch.Tensor, out=None, rows=None) -> torch.Tensor:
+        """x [N, H, D] rotated; into out[rows] (out [M, H, D]) when given."""
+        if self.rope is not None and x.is_cuda:
+            from kernels.paged_read_triton import rope_rows
+
+            return rope_rows(x, self.pos, self.rope, out, rows)
+        y = x if self.cs is None else self._torch(x)
+        if out is None:
+            return y
+        return out.index_copy_(0, rows, y.to(out.dtype))
+
+    def _torch(self, x: torch.Tensor) -> torch.Tensor:
+        assert self.cs is not None
         cos, sin = self.cs
         x0, x1 = x.float().unflatten(-1, (-1, 2)).unbind(-1)
         out = torch.stack([x0 * cos - x1 * sin, x0 * sin + x1 * cos], dim=-1)
@@ -197,7 +208,7 @@ class BatchRead:
         """q, k, v [sum Lq, H, D] (pre-RoPE, batch order) -> outputs [sum Lq, H, D]."""
         self.read(layer)
         kv = self.ws.kv
-        kv[0].index_copy_(0, self.chunk_rows, self.chunk_rope(k).to(kv.dtype))
+        self.chunk_rope(k, out=kv[0], rows=self.chunk_rows)
         kv[1].index_copy_(0, self.chunk_rows, v.to(kv.dtype))
         qr = self.chunk_rope(q)
         return varlen_attention(qr, kv, self.q_lens, self.kv_lens, self.use_xformers)

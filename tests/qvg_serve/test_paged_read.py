@@ -143,3 +143,18 @@ def test_full_shapes_on_gpu():
     b = _stream(pool, alloc, 2, 5, [(3, 5, "qvg-int2")], rng)
     rope = WanRope(128, (30, 52)).axial()
     _compare(pool, [a, b[:3] + b[4:]], [list(range(12)), [0, 1, 2, 30]], rope)
+
+
+def test_rope_rows_kernel_equals_axial_rope_into_scattered_rows():
+    from kernels.paged_read_triton import rope_rows
+
+    rope = WanRope(24, (5, 7)).axial()
+    x = torch.randn(37, 3, 24).bfloat16()
+    pos = torch.randint(0, 35 * 400, (37,))
+    rows = torch.randperm(50)[:37]
+    out = torch.full((50, 3, 24), float("nan")).bfloat16()
+    rope_rows(x, pos, rope, out, rows)
+    torch.testing.assert_close(out[rows], rope.rotate(x.float(), pos).bfloat16(), **tol("bf16"))
+    rest = torch.ones(50, dtype=torch.bool)
+    rest[rows] = False
+    assert torch.isnan(out[rest].float()).all()
