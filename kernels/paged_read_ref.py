@@ -144,7 +144,8 @@ def _slice(arena, base: int, fields) -> dict[str, torch.Tensor]:
 
 
 def decode_slice(arena: torch.Tensor, fmt: PageFormat, src: int, book: int, layer: int, half: int):
-    """bf16 [H, T, D] of one page's (layer, half) slice, through the codec reference."""
+    """[H, T, D] of one page's (layer, half) slice, through the codec reference: bf16 pages as
+    stored, QVG pages in fp32 (rounded once, after RoPE, as the kernel does)."""
     base = src + (2 * layer + half) * fmt.slice_bytes
     t = _slice(arena, base, fmt.fields)
     if fmt.spec.method is Method.BF16:
@@ -154,7 +155,7 @@ def decode_slice(arena: torch.Tensor, fmt: PageFormat, src: int, book: int, laye
     h, tokens = t["codes"].shape[:2]
     d = t["centroids.0"].shape[-1]
     enc = Encoded(fmt.spec, (1, h, tokens, d), "kv"[half], {n: x[None] for n, x in t.items()})
-    return qvg_decode(enc, torch.bfloat16)[0]
+    return qvg_decode(enc, torch.float32)[0]
 
 
 def paged_read_ref(

@@ -221,8 +221,8 @@ def paged_read(
     layer: int,
     ws: torch.Tensor,
     rope: AxialRope | None,
-    block_s: int = BLOCK_S,
-    num_warps: int = NUM_WARPS,
+    block_s: int | None = None,
+    num_warps: int | None = None,
 ) -> torch.Tensor:
     """Same contract as `paged_read_ref.paged_read_ref`: formats[0] must be bf16, formats[1:]
     at most two QVG formats; arena flat uint8 (16-byte aligned slices); ws [2, rows, H, D]
@@ -236,6 +236,7 @@ def paged_read(
     pages = batch.src.numel()
     if pages == 0:
         return ws
+    block_s, num_warps = block_s or BLOCK_S, num_warps or NUM_WARPS
     unused = ((0,) * 6, dict(BITS=2, G=16, LG=4, ST=1, ROT=False))  # compiled out (NQ)
     qa = _qvg_args(formats[1]) if len(formats) > 1 else unused
     qb = _qvg_args(formats[2]) if len(formats) > 2 else unused
