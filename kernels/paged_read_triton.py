@@ -80,12 +80,12 @@ def _qvg_half(u8, bf, f32, s16, b16, h, t0,
     ok = t < T
     n = (h * T + t) * NG + g  # token-group index inside the slice
     # slice bases in 16-byte units times a constant: the compiler sees 16-byte alignment
-    q = _unpack(u8 + s16 * 16, n, ok, G, BITS, True).to(tl.float32)
+    q = _unpack(u8 + s16 * 16, n, ok, G, BITS).to(tl.float32)
     s = _e4m3(tl.load(u8 + s16 * 16 + SC + n, mask=ok, other=0).to(tl.int32))
     s = s * tl.load(f32 + b16 * 4 + SOS4 + h)
     lv = q - ((1 << BITS) - 1) / 2
     if ROT:
-        y = _fwht(lv, BM, G, LG, 2) * (s * (1.0 / tl.sqrt(G * 1.0)))[:, None]
+        y = _fwht(lv, BM, G, LG) * (s * (1.0 / tl.sqrt(G * 1.0)))[:, None]
     else:
         y = lv * s[:, None]
     offs_c = tl.arange(0, G)

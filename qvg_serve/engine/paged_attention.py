@@ -125,13 +125,11 @@ class ChunkRope:
 
 
 def _fields(fields) -> dict:
+    """name -> (byte offset in the slice, dtype, shape) of back-to-back TensorFields."""
     out, pos = {}, 0
-    for name, dtype, shape in fields:
-        out[name] = (pos, dtype, tuple(shape))
-        n = torch.empty((), dtype=dtype).element_size()
-        for s in shape:
-            n *= s
-        pos += n
+    for f in fields:
+        out[f.name] = (pos, f.dtype, tuple(f.shape))
+        pos += f.nbytes
     return out
 
 
