@@ -1,12 +1,15 @@
-"""`qvg-serve bench e2e`: time per chunk through the paged pool, bf16 pages vs QVG pages, and
-N streams in one batch vs one after another.
+"""`qvg-serve bench e2e`: time per chunk through the paged pool (bf16 pages, QVG pages) against
+a Self-Forcing-style dense cache, same model, weights and process; N streams in one batch.
 
 Default: Self-Forcing-1.3B shapes (30 blocks, 1536 wide, 12 x 128 heads, 1,560 tokens per
 latent frame, 3 frames per chunk, 4 denoising steps + commit) with random bf16 weights on CUDA.
-A chunk = 4 denoising passes + the commit pass, each one forward of the model through
-`PagedContext` (history read from the pool every layer), as the engine runs it. History pages
-hold random K/V (timing does not depend on their values); QVG rows keep `--sink-frames` bf16
-and encode the rest as one span. Times are medians of `--repeat` chunks after a warm-up.
+A chunk = 4 denoising passes + the commit pass, each one forward of the model. Rows:
+  dense   `DenseSFContext`: post-RoPE K/V in a preallocated buffer, RoPE on the chunk only,
+          one SDPA call per layer (what users run today; the yardstick)
+  <fmt>   `PagedContext` over pool pages of that format (bf16, or QVG with `--sink-frames`
+          bf16 pages and the rest one span), as the engine runs it
+History holds random K/V (timing does not depend on the values). Times are medians of
+`--repeat` chunks after a warm-up; ratios are against the dense row.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import time
 
 import torch
 
+from qvg_serve.bench.dense_sf import DenseCache, DenseSFContext
 from qvg_serve.engine import kv_format as kf
 from qvg_serve.engine.kv_pool import KVPool, pool_layout
 from qvg_serve.engine.paged_attention import Workspace
@@ -34,7 +38,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--history", type=int, nargs="+", default=[7, 21, 81], help="latent frames")
     p.add_argument("--streams", type=int, nargs="+", default=[1, 2, 4, 8])
     p.add_argument("--batch-history", type=int, default=21, help="history of the batch rows")
-    p.add_argument("--format", default="qvg-int2")
+    p.add_argument("--formats", nargs="+", default=["bf16", "qvg-int2", "qvg-int4"])
+    p.add_argument("--batch-format", default="qvg-int2", help="pool format of the batch rows")
     p.add_argument("--sink-frames", type=int, default=3)
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--json", action="store_true")
@@ -51,17 +56,27 @@ class Bench:
             self.mc, self.dev, dtype, seed=0
         )
         MODEL_CACHE[(args.model, args.device)] = self.model
+        self.text = torch.randn(self.mc.text_len, self.mc.text_dim, device=self.dev, dtype=dtype)
+        self.histories, self.fmt = histories, fmt
+        tokens = (max(histories) + self.mc.frames_per_chunk) * self.mc.tokens_per_frame
+        if fmt == "dense":
+            if len(set(histories)) != 1:
+                raise ValueError("the dense rows batch streams of equal history only")
+            mc = self.mc
+            self.dense = DenseCache(
+                mc.layers, len(histories), tokens, mc.heads, mc.head_dim, self.dev, dtype
+            )
+            return
+        fmt = None if fmt == "bf16" else fmt
         kv = self.mc.kv_shape()
         fmts = ["bf16"] + ([fmt] if fmt else [])
         budget = self._budget(kv, histories, fmt)
         self.alloc = PageAllocator(pool_layout(kv, fmts, budget))
         self.pool = KVPool(kv, self.alloc, self.dev)
         self.tables = [self._stream(i + 1, h, fmt) for i, h in enumerate(histories)]
-        tokens = (max(histories) + self.mc.frames_per_chunk) * self.mc.tokens_per_frame
         self.ws = Workspace(
             tokens * len(histories), self.mc.heads, self.mc.head_dim, self.dev, dtype
         )
-        self.text = torch.randn(self.mc.text_len, self.mc.text_dim, device=self.dev, dtype=dtype)
 
     def _budget(self, kv: kf.KVShape, histories: list[int], fmt: str | None) -> int:
         """Arena for the streams after encoding, plus one stream's bf16 pages in flight
@@ -105,6 +120,15 @@ class Bench:
             dtype=self.text.dtype,
         )
         for t in (*mc.timesteps, 0.0):
+            if self.fmt == "dense":
+                start = self.histories[0]
+                inputs = [ChunkInput(x, t, self.text, start) for _ in rows]
+                qpos = chunk_positions(mc, start, self.dev)
+                hist = start * mc.tokens_per_frame
+                ctx = DenseSFContext(self.dense, self.model.axial_rope(), hist, qpos, len(rows))
+                with torch.no_grad():
+                    self.model.forward(inputs, ctx)
+                continue
             entries, inputs = [], []
             for r in rows:
                 table = self.tables[r]
@@ -139,39 +163,45 @@ def _sync(dev: torch.device) -> None:
         torch.cuda.synchronize(dev)
 
 
+def _timed(args, histories: list[int], fmt: str, rows: list[list[int]]) -> list[float]:
+    """Median chunk seconds of `fmt` for each row set, then the bench's memory is freed."""
+    b = Bench(args, histories, fmt)
+    out = [b.time_chunk(r) for r in rows]
+    del b
+    if torch.device(args.device).type == "cuda":
+        torch.cuda.empty_cache()
+    return out
+
+
 def overhead_rows(args) -> list[dict]:
     rows = []
     for h in args.history:
-        t = {f or "bf16": Bench(args, [h], f).time_chunk([0]) for f in (None, args.format)}
-        rows.append(
-            {
-                "bench": "chunk",
-                "history_frames": h,
-                "bf16_s": t["bf16"],
-                f"{args.format}_s": t[args.format],
-                "overhead": t[args.format] / t["bf16"] - 1.0,
-            }
-        )
+        t = {f: _timed(args, [h], f, [[0]])[0] for f in ("dense", *args.formats)}
+        row = {"bench": "chunk", "history_frames": h, "dense_s": t["dense"]}
+        for f in args.formats:
+            row[f"{f}_s"], row[f"{f}_vs_dense"] = t[f], t[f] / t["dense"]
+        rows.append(row)
     return rows
 
 
 def batch_rows(args) -> list[dict]:
-    rows, mc = [], get_preset(args.model)
+    rows, mc, fmt = [], get_preset(args.model), args.batch_format
     video_frames = mc.frames_per_chunk * mc.frames_per_latent
     for n in args.streams:
-        b = Bench(args, [args.batch_history] * n, args.format)
-        batched = b.time_chunk(list(range(n)))
-        one = b.time_chunk([0])
+        hist = [args.batch_history] * n
+        dense_b, dense_1 = _timed(args, hist, "dense", [list(range(n)), [0]])
+        (pool_b,) = _timed(args, hist, fmt, [list(range(n))])
         rows.append(
             {
                 "bench": "batch",
                 "streams": n,
                 "history_frames": args.batch_history,
-                "batched_chunk_s": batched,
-                "sequential_chunk_s": one * n,
-                "frames_per_s_batched": n * video_frames / batched,
-                "frames_per_s_sequential": n * video_frames / (one * n),
-                "speedup": one * n / batched,
+                "dense_batched_s": dense_b,
+                "dense_single_x_n_s": dense_1 * n,
+                f"{fmt}_batched_s": pool_b,
+                "vs_dense_batched": pool_b / dense_b,
+                "vs_n_dense_singles": pool_b / (dense_1 * n),
+                "frames_per_s": n * video_frames / pool_b,
             }
         )
     return rows
@@ -185,21 +215,22 @@ def run(args: argparse.Namespace) -> int:
     )
     rows = overhead_rows(args) + batch_rows(args)
     for r in rows:
-        r.update(model=args.model, device=str(args.device), format=args.format)
+        r.update(model=args.model, device=str(args.device))
     if args.json:
         print(json.dumps(rows, indent=1))
         return 0
     for r in rows:
         if r["bench"] == "chunk":
-            log(
-                f"  history {r['history_frames']:4d} frames: bf16 {r['bf16_s'] * 1e3:9.1f} ms  "
-                f"{args.format} {r[f'{args.format}_s'] * 1e3:9.1f} ms  "
-                f"overhead {r['overhead']:+.1%}"
+            cells = "  ".join(
+                f"{f} {r[f + '_s'] * 1e3:8.1f} ms ({r[f + '_vs_dense']:.2f}x)" for f in args.formats
             )
+            log(f"  history {r['history_frames']:3d}: dense {r['dense_s'] * 1e3:8.1f} ms  {cells}")
         else:
+            f = args.batch_format
             log(
-                f"  {r['streams']} streams: batched {r['batched_chunk_s'] * 1e3:9.1f} ms/chunk "
-                f"({r['frames_per_s_batched']:.1f} frames/s) vs sequential "
-                f"{r['sequential_chunk_s'] * 1e3:9.1f} ms ({r['speedup']:.2f}x)"
+                f"  {r['streams']} streams: {f} batched {r[f + '_batched_s'] * 1e3:8.1f} ms, "
+                f"dense batched {r['dense_batched_s'] * 1e3:8.1f} ms "
+                f"({r['vs_dense_batched']:.2f}x), N dense singles "
+                f"{r['dense_single_x_n_s'] * 1e3:8.1f} ms ({r['vs_n_dense_singles']:.2f}x)"
             )
     return 0

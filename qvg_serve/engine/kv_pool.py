@@ -45,6 +45,7 @@ class Run(NamedTuple):
     slots: torch.Tensor  # int64 [n]
     start: int  # first token of this run in the stream's gathered history
     tokens: int
+    offsets: tuple[int, ...] = ()  # arena byte offset of each page item (the fused read's input)
 
 
 class ReadPlan(NamedTuple):
@@ -245,7 +246,8 @@ class KVPool:
             book = self.alloc.codebook(span) if span is not None else None
             idx = torch.tensor([[lc.block, lc.slot] for lc in locs], dtype=torch.int64)
             idx = idx.to(self.device)
-            runs.append(Run(fmt, book, idx[:, 0], idx[:, 1], start, len(locs) * t))
+            offs = tuple(lc.offset for lc in locs)
+            runs.append(Run(fmt, book, idx[:, 0], idx[:, 1], start, len(locs) * t, offs))
             start += len(locs) * t
         return ReadPlan(tuple(runs), start)
 

@@ -1,17 +1,19 @@
 """Attention for a batch of streams over the paged pool, one layer at a time.
 
-Per layer: each stream's history pages are read (bf16 copied, quantized decoded) into a
-bounded workspace, keys get RoPE at their positions (the pool caches keys before RoPE), the
-chunk's own new K/V follow its history, and all streams go through one attention call:
+Built once per step (`BatchRead`): every stream's page list as one `PagedBatch` (arena byte
+offsets, formats, workspace rows, positions from the page -> frame map), the chunk's rows in
+the workspace and its RoPE angles. Per layer:
 
-    workspace [tokens, H, D]:  | s0 history | s0 chunk | s1 history | s1 chunk | ...
-    queries   [tokens, H, D]:  | s0 chunk   | s1 chunk | ...
-    mask: block diagonal (stream i's queries see only stream i's keys), as
-    xformers.ops.fmha.BlockDiagonalMask.from_seqlens(q_seqlens, kv_seqlens)
+    1. one fused read (kernels.paged_read_triton on CUDA, its torch reference elsewhere)
+       decodes every history page of the batch, rotates keys, writes post-RoPE K/V:
+    workspace [2, tokens, H, D]:  | s0 history | s0 chunk | s1 history | s1 chunk | ...
+    2. the chunk's keys get RoPE (cached angles) and land in their rows (one index_copy);
+    3. one attention call for the batch: torch SDPA with a batch dimension when every stream
+       has the same lengths (flash on CUDA); else xformers' block-diagonal varlen kernel
+       (BlockDiagonalMask.from_seqlens(q_seqlens, kv_seqlens)); on CPU, SDPA per stream.
 
-xformers' memory-efficient attention runs it where its CUDA ops load; elsewhere (CPU, or no
-xformers) torch SDPA runs each stream's block (one dense block-diagonal mask would cost
-sum(q) x sum(kv) memory). The workspace holds one layer of the batch's KV, never the cache.
+The workspace holds one layer of the batch's KV, never the cache; the history is never
+copied to fp32.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
+from kernels.paged_read_ref import AxialRope, PagedBatch, PageFormat, paged_read_ref
+from qvg_serve.engine import kv_format as kf
 from qvg_serve.engine.kv_pool import KVPool, ReadPlan
 
 Rope = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -51,6 +55,22 @@ def rope_1d(x: torch.Tensor, pos: torch.Tensor, base: float = 10000.0) -> torch.
     return torch.stack((a * cos - b * sin, a * sin + b * cos), -1).flatten(-2).to(x.dtype)
 
 
+def resolve_rope(rope, head_dim: int) -> AxialRope | None:
+    """The AxialRope behind `rope`: an AxialRope, `rope_1d`, a model's bound `rope` method
+    (its model has `axial_rope()`), or None (no rotation)."""
+    if rope is None or isinstance(rope, AxialRope):
+        return rope
+    if rope is rope_1d:
+        return AxialRope.one_d(head_dim)
+    owner = getattr(rope, "__self__", None)
+    if owner is not None and hasattr(owner, "axial_rope"):
+        return owner.axial_rope()
+    raise ValueError(
+        f"rope {rope!r}: the fused paged read needs an AxialRope (pass model.axial_rope(), "
+        "rope_1d or a model whose rope method has an axial_rope())"
+    )
+
+
 @functools.lru_cache(maxsize=1)
 def xformers_ops():
     """xformers.ops when its CUDA attention loads, else None (CPU builds have none)."""
@@ -75,48 +95,154 @@ class Workspace:
         return self.kv.shape[1]
 
 
+class ChunkRope:
+    """RoPE at a step's fixed chunk positions: the fused Triton kernel on CUDA, cached angles
+    in torch elsewhere; optionally written straight into rows of a buffer (the workspace)."""
+
+    def __init__(self, rope: AxialRope | None, positions: torch.Tensor) -> None:
+        self.rope, self.pos, self.cs = rope, positions.to(torch.int64), None
+        if rope is not None and not positions.is_cuda:
+            ang = rope.angles(positions)[:, None]  # float64 [N, 1, D/2]
+            self.cs = (ang.cos().float(), ang.sin().float())
+
+    def __call__(self, x: torch.Tensor, out=None, rows=None) -> torch.Tensor:
+        """x [N, H, D] rotated; into out[rows] (out [M, H, D]) when given."""
+        if self.rope is not None and x.is_cuda:
+            from kernels.paged_read_triton import rope_rows
+
+            return rope_rows(x, self.pos, self.rope, out, rows)
+        y = x if self.cs is None else self._torch(x)
+        if out is None:
+            return y
+        return out.index_copy_(0, rows, y.to(out.dtype))
+
+    def _torch(self, x: torch.Tensor) -> torch.Tensor:
+        assert self.cs is not None
+        cos, sin = self.cs
+        x0, x1 = x.float().unflatten(-1, (-1, 2)).unbind(-1)
+        out = torch.stack([x0 * cos - x1 * sin, x0 * sin + x1 * cos], dim=-1)
+        return out.flatten(-2).to(x.dtype)
+
+
+def _fields(fields) -> dict:
+    """name -> (byte offset in the slice, dtype, shape) of back-to-back TensorFields."""
+    out, pos = {}, 0
+    for f in fields:
+        out[f.name] = (pos, f.dtype, tuple(f.shape))
+        pos += f.nbytes
+    return out
+
+
+def page_format(pool: KVPool, fmt: str) -> PageFormat:
+    """Where `fmt`'s tensors sit in one (layer, kv) slice of a page / codebook of `pool`."""
+    spec, kv = pool.specs[fmt], pool.kv
+    page, book = kf.page_fields(spec, kv), kf.codebook_fields(spec, kv)
+    if not book:
+        return PageFormat(spec, kf.slice_bytes(page), _fields(page))
+    return PageFormat(
+        spec, kf.slice_bytes(page), _fields(page), kf.slice_bytes(book), _fields(book)
+    )
+
+
+def paged_batch(
+    pool: KVPool, histories: Sequence[ReadPlan], history_pos: Sequence[torch.Tensor], bases
+) -> tuple[PagedBatch, list[PageFormat]]:
+    """The batch's pages as kernel input; kinds index the returned formats ([bf16, QVG...])."""
+    used = {r.fmt for plan in histories for r in plan.runs}
+    order = [kf.BF16] + [f for f in pool.specs if f in used and f != kf.BF16]
+    kind = {f: i for i, f in enumerate(order)}
+    t, rows, pos = pool.kv.page_tokens, [], []
+    for plan, hpos, base in zip(histories, history_pos, bases, strict=True):
+        for r in plan.runs:
+            book = r.codebook.offset if r.codebook is not None else 0
+            rows += [
+                (o, book, kind[r.fmt], base + r.start + j * t) for j, o in enumerate(r.offsets)
+            ]
+        pos.append(hpos[::t].to(pool.device, torch.int64))  # a page holds one frame's tokens
+    cols = torch.tensor(rows, dtype=torch.int64).reshape(-1, 4).T.contiguous().to(pool.device)
+    pos_t = torch.cat(pos) if pos else torch.zeros(0, dtype=torch.int64, device=pool.device)
+    return PagedBatch(cols[0], cols[1], cols[2], cols[3], pos_t), [
+        page_format(pool, f) for f in order
+    ]
+
+
+class BatchRead:
+    """One step's batch over the pool: build once, then `attend` layer by layer."""
+
+    def __init__(self, pool: KVPool, ws: Workspace, rope, histories, history_pos, q_pos,
+                 use_xformers: bool | None = None) -> None:  # fmt: skip
+        self.pool, self.ws, self.use_xformers = pool, ws, use_xformers
+        self.q_lens = [int(p.numel()) for p in q_pos]
+        self.kv_lens = [h.tokens + n for h, n in zip(histories, self.q_lens, strict=True)]
+        if sum(self.kv_lens) > ws.max_tokens:
+            raise ValueError(
+                f"batch needs {sum(self.kv_lens)} KV tokens; the workspace holds "
+                f"{ws.max_tokens} (raise max_batch_kv_tokens or batch fewer streams)"
+            )
+        bases = [sum(self.kv_lens[:i]) for i in range(len(self.kv_lens))]
+        self.batch, self.formats = paged_batch(pool, histories, history_pos, bases)
+        self.rope = resolve_rope(rope, pool.kv.head_dim)
+        dev = ws.kv.device
+        self.chunk_rows = torch.cat(
+            [
+                torch.arange(b + h.tokens, b + n, device=dev)
+                for b, h, n in zip(bases, histories, self.kv_lens, strict=True)
+            ]  # fmt: skip
+        )
+        self.chunk_rope = ChunkRope(self.rope, torch.cat(list(q_pos)).to(dev))
+        self.triton = pool.backend == "triton" or (pool.backend == "auto" and dev.type == "cuda")
+
+    def read(self, layer: int) -> None:
+        """Every history page of the batch, layer `layer`, into the workspace (post-RoPE)."""
+        arena = self.pool.arena["gpu"]
+        if self.triton:
+            from kernels.paged_read_triton import paged_read
+
+            paged_read(arena, self.formats, self.batch, layer, self.ws.kv, self.rope)
+        else:
+            paged_read_ref(arena, self.formats, self.batch, layer, self.ws.kv, self.rope)
+
+    def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
+        """q, k, v [sum Lq, H, D] (pre-RoPE, batch order) -> outputs [sum Lq, H, D]."""
+        self.read(layer)
+        kv = self.ws.kv
+        self.chunk_rope(k, out=kv[0], rows=self.chunk_rows)
+        kv[1].index_copy_(0, self.chunk_rows, v.to(kv.dtype))
+        qr = self.chunk_rope(q)
+        return varlen_attention(qr, kv, self.q_lens, self.kv_lens, self.use_xformers)
+
+
+def varlen_attention(q, kv, q_lens, kv_lens, use_xformers: bool | None = None) -> torch.Tensor:
+    """Stream i's queries (rows of q, batch order) over its keys kv[:, its rows]: one call."""
+    if len(set(q_lens)) == 1 and len(set(kv_lens)) == 1:
+        b, lq, lk = len(q_lens), q_lens[0], kv_lens[0]
+        qb = q.view(b, lq, *q.shape[1:]).transpose(1, 2)
+        k, v = (kv[i, : b * lk].view(b, lk, *kv.shape[2:]).transpose(1, 2) for i in range(2))
+        out = F.scaled_dot_product_attention(qb, k.to(q.dtype), v.to(q.dtype))
+        return out.transpose(1, 2).reshape(q.shape)
+    xops = xformers_ops() if use_xformers is not False else None
+    if xops is not None and q.is_cuda:
+        mask = xops.fmha.BlockDiagonalMask.from_seqlens(list(q_lens), list(kv_lens))
+        n = sum(kv_lens)
+        k, v = (kv[i, :n][None].to(q.dtype) for i in range(2))
+        return xops.memory_efficient_attention(q[None], k, v, attn_bias=mask)[0]
+    return _sdpa_blocks(q, kv, q_lens, kv_lens)
+
+
 def batch_attention(
     pool: KVPool,
     layer: int,
     chunks: Sequence[StreamChunk],
     ws: Workspace,
-    rope: Rope | None = rope_1d,
+    rope=rope_1d,
     use_xformers: bool | None = None,
 ) -> torch.Tensor:
-    """Outputs [sum Lq, H, D] for every stream's chunk, in batch order."""
-    kv_lens = [c.history.tokens + c.q.shape[0] for c in chunks]
-    if sum(kv_lens) > ws.max_tokens:
-        raise ValueError(
-            f"batch needs {sum(kv_lens)} KV tokens; the workspace holds "
-            f"{ws.max_tokens} (raise max_batch_kv_tokens or batch fewer streams)"
-        )
-    qs, start = [], 0
-    for c, n in zip(chunks, kv_lens, strict=True):
-        _fill(pool, layer, c, ws.kv[:, start : start + n], rope)
-        qs.append(c.q if rope is None else rope(c.q, c.q_pos))
-        start += n
-    q = torch.cat(qs)
-    xops = xformers_ops() if use_xformers is not False else None
-    if xops is not None and q.is_cuda:
-        mask = xops.fmha.BlockDiagonalMask.from_seqlens([c.q.shape[0] for c in chunks], kv_lens)
-        kv = ws.kv[:, :start].to(q.dtype)
-        return xops.memory_efficient_attention(q[None], kv[0][None], kv[1][None], attn_bias=mask)[0]
-    return _sdpa_blocks(q, ws.kv, [c.q.shape[0] for c in chunks], kv_lens)
-
-
-def _fill(pool: KVPool, layer: int, c: StreamChunk, dst: torch.Tensor, rope: Rope | None) -> None:
-    """Write one stream's [history | chunk] K/V (keys with RoPE) into dst [2, n, H, D]."""
-    hist = c.history.tokens
-    if hist:
-        if dst.dtype == torch.bfloat16:  # the pool's dtype: decode straight into the workspace
-            pool.read_layer(c.history, layer, out=dst[:, :hist].transpose(1, 2))
-        else:  # e.g. an fp32 CPU workspace: bf16 values first, as the pool stores them
-            dst[:, :hist].copy_(pool.read_layer(c.history, layer).transpose(1, 2))
-        if rope is not None:
-            dst[0, :hist] = rope(dst[0, :hist], c.history_pos)
-    k_new = c.k if rope is None else rope(c.k, c.q_pos)
-    dst[0, hist:].copy_(k_new)
-    dst[1, hist:].copy_(c.v)
+    """Outputs [sum Lq, H, D] for every stream's chunk, in batch order (one layer)."""
+    hist = [c.history for c in chunks]
+    br = BatchRead(pool, ws, rope, hist, [c.history_pos for c in chunks],
+                   [c.q_pos for c in chunks], use_xformers)  # fmt: skip
+    q, k, v = (torch.cat([getattr(c, n) for c in chunks]) for n in "qkv")
+    return br.attend(layer, q, k, v)
 
 
 def _sdpa_blocks(q: torch.Tensor, kv: torch.Tensor, q_lens, kv_lens) -> torch.Tensor:

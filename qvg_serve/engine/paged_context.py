@@ -1,8 +1,9 @@
 """`AttentionContext` over the paged pool: what the engine hands the model for one step.
 
-Each batch entry reads its stream's history pages (resolved once per step into a ReadPlan)
-and, on a commit or recompute pass, captures its chunk's pre-RoPE K/V of every layer so the
-engine can write them into the new BF16 pages after the forward.
+The batch's page tables are resolved once per step (ReadPlans -> one `BatchRead`: page
+offsets, formats, workspace rows, positions); each layer is then one fused paged read plus
+one attention call for the whole batch. On a commit or recompute pass an entry also captures
+its chunk's pre-RoPE K/V of every layer, for the engine to write into new BF16 pages.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import NamedTuple
 import torch
 
 from qvg_serve.engine.kv_pool import KVPool, ReadPlan
-from qvg_serve.engine.paged_attention import Rope, StreamChunk, Workspace, batch_attention
+from qvg_serve.engine.paged_attention import BatchRead, Rope, Workspace
 
 
 class Entry(NamedTuple):
@@ -31,6 +32,9 @@ class PagedContext:
     def __init__(self, pool: KVPool, ws: Workspace, rope: Rope, entries: Sequence[Entry]):
         self.pool, self.ws, self.rope, self.entries = pool, ws, rope, list(entries)
         self.lengths = [e.q_pos.numel() for e in self.entries]
+        hist = [e.history for e in self.entries]
+        pos = [e.history_pos for e in self.entries]
+        self.read = BatchRead(pool, ws, rope, hist, pos, [e.q_pos for e in self.entries])
         self.captured: list[dict[int, tuple[torch.Tensor, torch.Tensor]]] = [
             {} for _ in self.entries
         ]
@@ -38,13 +42,12 @@ class PagedContext:
     def self_attention(
         self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
     ) -> torch.Tensor:
-        qs, ks, vs = (x.split(self.lengths) for x in (q, k, v))
-        chunks = []
-        for i, e in enumerate(self.entries):
-            if e.capture:
-                self.captured[i][layer] = (ks[i], vs[i])
-            chunks.append(StreamChunk(qs[i], ks[i], vs[i], e.history, e.history_pos, e.q_pos))
-        return batch_attention(self.pool, layer, chunks, self.ws, self.rope)
+        if any(e.capture for e in self.entries):
+            ks, vs = k.split(self.lengths), v.split(self.lengths)
+            for i, e in enumerate(self.entries):
+                if e.capture:
+                    self.captured[i][layer] = (ks[i], vs[i])
+        return self.read.attend(layer, q, k, v)
 
     def kv_of(self, index: int, layers: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Captured K, V of entry `index`: [layers, H, tokens, D] each (pre-RoPE)."""

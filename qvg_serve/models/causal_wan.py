@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kernels.paged_read_ref import AxialRope
 from qvg_serve.models.base import AttentionContext, ChunkInput, ModelConfig
 from qvg_serve.models.wan_blocks import (
     Segments,
@@ -61,6 +62,7 @@ class CausalWan(nn.Module):
         )
         self.head = WanHead(c.dim, c.in_channels, c.patch, c.eps)
         self.rotary = WanRope(c.head_dim, c.grid)  # buffers only, not in the state dict
+        self._axial = self.rotary.axial()
 
     @property
     def dtype(self) -> torch.dtype:
@@ -73,6 +75,10 @@ class CausalWan(nn.Module):
     def rope(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """Rotate x [tokens, H, D] at stream positions [tokens] (3D RoPE, see `WanRope`)."""
         return self.rotary(x, positions)
+
+    def axial_rope(self) -> AxialRope:
+        """`rope` as an AxialRope, for the fused paged read (RoPE applied while reading)."""
+        return self._axial
 
     def forward(self, chunks: Sequence[ChunkInput], ctx: AttentionContext) -> list[torch.Tensor]:
         """Flow prediction [C, F, H, W] (fp32) per chunk, in batch order."""

@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kernels.paged_read_ref import UNBOUNDED, AxialRope
+
 
 class Segments:
     """Rows of x [N, dim] per chunk: chunk b owns `lengths[b]` consecutive rows."""
@@ -104,6 +106,15 @@ class WanRope(nn.Module):
         self.rows, self.cols = grid
         # Plain attributes, not buffers: module.to(bf16) must not round the frequencies.
         self._tables = {"cpu": (torch.cat(inv).cpu(), torch.cat(axis).cpu())}
+
+    def axial(self) -> AxialRope:
+        """The same rotation as an `AxialRope` (what the fused paged read applies)."""
+        inv, axis = self._tables["cpu"]
+        tpf = self.rows * self.cols
+        return AxialRope(
+            tuple(inv.tolist()), tuple(axis.tolist()), (tpf, self.cols, 1),
+            (UNBOUNDED, self.rows, self.cols),
+        )  # fmt: skip
 
     def tables(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """(inv_freq [D/2] float64, axis [D/2] in 0/1/2) on `device` (cached per device)."""

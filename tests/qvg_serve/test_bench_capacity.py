@@ -44,8 +44,11 @@ def test_bench_attention_runs_tiny(capsys):
         "2",
         "--sink-frames",
         "1",
-        "--tokens-per-frame",
-        "16",
+        "--grid",
+        "4",
+        "4",
+        "--formats",
+        "qvg-int2",
         "--chunk-frames",
         "1",
         "--heads",
@@ -58,8 +61,10 @@ def test_bench_attention_runs_tiny(capsys):
     ]
     assert main(args) == 0
     rows = json.loads(capsys.readouterr().out)
-    assert [r["path"] for r in rows] == ["dense-bf16", "pool-bf16", "pool-qvg-int2"]
+    paths = ["sdpa-dense", "dense-sf", "read-bf16", "pool-bf16", "read-qvg-int2", "pool-qvg-int2"]
+    assert [r["path"] for r in rows] == paths
     assert all(r["ms"] > 0 and r["history_tokens"] == 32 for r in rows)
+    assert rows[0]["vs_sdpa"] == 1.0 and rows[1]["vs_dense_sf"] == 1.0
 
 
 def test_bench_e2e_runs_tiny(capsys):
@@ -72,6 +77,9 @@ def test_bench_e2e_runs_tiny(capsys):
         "cpu",
         "--history",
         "4",
+        "--formats",
+        "bf16",
+        "qvg-int2",
         "--streams",
         "2",
         "--batch-history",
@@ -84,5 +92,8 @@ def test_bench_e2e_runs_tiny(capsys):
     rows = json.loads(capsys.readouterr().out)
     chunk = next(r for r in rows if r["bench"] == "chunk")
     batch = next(r for r in rows if r["bench"] == "batch")
-    assert chunk["history_frames"] == 4 and chunk["bf16_s"] > 0 and chunk["qvg-int2_s"] > 0
-    assert batch["streams"] == 2 and batch["batched_chunk_s"] > 0
+    assert chunk["history_frames"] == 4 and chunk["dense_s"] > 0 and chunk["bf16_s"] > 0
+    assert chunk["qvg-int2_vs_dense"] == chunk["qvg-int2_s"] / chunk["dense_s"]
+    assert (
+        batch["streams"] == 2 and batch["qvg-int2_batched_s"] > 0 and batch["dense_batched_s"] > 0
+    )

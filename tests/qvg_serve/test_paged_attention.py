@@ -54,9 +54,10 @@ def _expected(sc, k, v, layer, fmt):
     return dense(sc.q, kh.transpose(0, 1), vh.transpose(0, 1), sc.k, sc.v, sc.history_pos, sc.q_pos)
 
 
-def _run(fmt):
+def _run(fmt, read_backend="auto"):
     pool, alloc = make_pool(gpu_pages=60)
     streams = [_stream(pool, alloc, sid, n, 10 * sid, fmt) for sid, n in ((1, 3), (2, 1), (3, 4))]
+    pool.backend = read_backend  # after encoding: the fused read's backend (triton: interpreter)
     ws = Workspace(max_tokens=200, heads=H, head_dim=D, device="cpu")
     for layer in range(2):
         out = batch_attention(pool, layer, [s[0] for s in streams], ws)
@@ -74,6 +75,10 @@ def test_bf16_pages_equal_dense_attention():
 
 def test_quantized_pages_equal_attention_over_codec_reconstruction():
     _run("qvg-int2")
+
+
+def test_fused_triton_read_equals_dense_attention():
+    _run("qvg-int2", read_backend="triton")
 
 
 def test_workspace_bound_is_enforced():
