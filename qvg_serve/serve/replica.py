@@ -299,6 +299,26 @@ class EngineReplica:
     async def health(self) -> dict[str, Any]:
         return {"replica": self.replica_id, "engine_thread": self.loop._thread.is_alive()}
 
+    # -- the web page's reads (ui.py) -----------------------------------------------------------
+
+    async def list_streams(self, *, tenant: str, replica: str | None = None) -> dict[str, Any]:
+        """This replica's streams of `tenant`, newest first. A call routed to a replica that is
+        gone lands on another one (router.py), so the answer names the replica answering."""
+        mine = reversed(self.streams.items())
+        listed = [_summary(f"{self.replica_id}-{n}", r) for n, r in mine if r.tenant == tenant]
+        return {"replica": self.replica_id, "streams": listed}
+
+    async def kv(self) -> dict[str, Any]:
+        from qvg_serve.engine.views import kv_summary
+
+        return await self._run(kv_summary, self.engine, self.replica_id)
+
+    async def model_info(self) -> dict[str, Any]:
+        from qvg_serve.engine.views import model_facts
+
+        facts = await self._run(model_facts, self.engine, self.encoder_text)
+        return {**facts, "frames_per_chunk": self.frames_per_chunk, "fps": FPS}
+
     def check_health(self) -> None:  # Serve's health check: a dead engine thread restarts us
         if not self.loop._thread.is_alive():
             raise RuntimeError("engine thread died")
@@ -307,6 +327,12 @@ class EngineReplica:
         loop = getattr(self, "loop", None)
         if loop is not None:
             loop._stop = True
+
+
+def _summary(public_id: str, rec: StreamRecord) -> dict[str, Any]:
+    return {"id": public_id, "prompt": rec.prompt,
+            "frames_done": len(rec.jpegs), "frames_wanted": rec.frames_wanted,
+            "created": rec.created, "end_reason": rec.ended}  # fmt: skip
 
 
 _REJECT_METRIC = {"kv_pressure": "capacity", "queue_full": "queue_full", "too_large": "invalid"}
