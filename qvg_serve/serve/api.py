@@ -4,7 +4,8 @@ Every client error is a JSON `ErrorBody` {"error": {status, code, field, message
 422 for a body or parameter out of range (field = its path, e.g. "frames"), 400 for a body that
 is not JSON, 401 without a valid API key, 404 for an unknown stream or another tenant's, 409 for
 video.mp4 of a live stream, 413 for a body over server.max_body_bytes, 429 + Retry-After when
-the scheduler refuses. A 5xx is a bug.
+the scheduler refuses. A 5xx is a bug. Auth (auth.py): 400 `key_in_url` for a key in a query
+string, 403 `csrf` for a state-changing request on the session cookie without X-QVG-CSRF: 1.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from qvg_serve.serve.schema import (
 )
 
 STREAM_ID = re.compile(r"^[A-Za-z0-9]{1,64}-[0-9]{1,18}$")
-ERRORS = {code: {"model": ErrorBody} for code in (400, 401, 404, 409, 413, 422, 429)}
+ERRORS = {code: {"model": ErrorBody} for code in (400, 401, 403, 404, 409, 413, 422, 429)}
 
 
 class ApiError(Exception):

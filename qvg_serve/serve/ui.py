@@ -1,6 +1,6 @@
 """The web page (`/ui`) and the JSON it reads; CORS. Wired into the API by `mount_ui`.
 
-    GET  /ui/                 the page (qvg_serve/serve/ui/: HTML, JS, CSS; no CDN, CSP 'self')
+    GET  /ui/                 the page (qvg_serve/serve/page/: HTML, JS, CSS; no CDN, CSP 'self')
     POST /v1/session          {"key"} -> HttpOnly SameSite=Strict session cookie (auth.py)
     GET  /v1/session          who the cookie (or header key) is;   DELETE: sign out
     GET  /v1/streams          the tenant's streams, newest first (every replica seen so far)
@@ -49,7 +49,7 @@ from qvg_serve.serve.schema import KvSummary, ModelInfo, Session, SignIn, Stream
 
 log = logging.getLogger("qvg_serve.serve.ui")
 
-UI_DIR = Path(__file__).parent / "ui"
+UI_DIR = Path(__file__).parent / "page"
 ASSET_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
                ".css": "text/css; charset=utf-8", ".svg": "image/svg+xml"}  # fmt: skip
 CSP = (

@@ -94,8 +94,8 @@ class KvChart {
     const hold = reading.bf16_would_hold;
     const b = text => { const n = document.createElement("b"); n.textContent = text; return n; };
     this.facts.replaceChildren(
-      "Resident now: ", b(String(reading.resident_streams)), " streams; with BF16 pages the arena would hold ",
-      b(hold === null ? "-" : String(hold)), " streams of their length. GPU holds ", b(`${mib(heldAll)} MiB`),
+      b(String(reading.resident_streams)), " streams resident now; ", b(hold === null ? "-" : String(hold)),
+      " of their length would fit with BF16 pages. GPU holds ", b(`${mib(heldAll)} MiB`),
       ` for ${mib(bf16)} MiB of BF16 (x${ratio}) in a ${mib(reading.capacity_bytes.gpu || 0)} MiB arena; `,
       `${reading.live_streams} live, ${reading.waiting} waiting.`);
     this.facts.dataset.resident = String(reading.resident_streams);
