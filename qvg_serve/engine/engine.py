@@ -335,6 +335,14 @@ class Engine:
     def kv_stats(self) -> KVStats:
         return views.kv_stats(self.alloc, self.scheduler)
 
+    def kv_summary(self) -> dict:
+        """The web page's KV memory picture (views.py)."""
+        return views.kv_summary(self)
+
+    def model_info(self, text_encoder=None) -> dict:
+        """Model facts, page sizes and the text encoder's vocabulary if it has one."""
+        return views.model_facts(self, text_encoder)
+
     @property
     def facts(self) -> ModelFacts:
         mc = self.mc

@@ -40,6 +40,17 @@ def default_decoder(mc):
     return LatentPreview(mc)
 
 
+def prompt_words(preset: str) -> dict:
+    """The tiny model's caption vocabulary and a few of its captions (it knows no other
+    words); other models read any text, so they get neither."""
+    if preset != "tiny":
+        return {}
+    from qvg_serve.tiny import data
+
+    examples = dict.fromkeys(data.clip_spec(seed).caption for seed in range(24))
+    return {"vocabulary": data.vocabulary(), "examples": list(examples)[:12]}
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -76,5 +87,5 @@ def load_runtime(cfg: EngineConfig, warn=print) -> Runtime:
         source = f"random (seed {cfg.seed})"
         warn(f"qvg-serve: no weights for model {mc.name!r}: using {source}", file=sys.stderr)
     model.eval().requires_grad_(False)
-    text = HashedWordEncoder(mc.text_len, mc.text_dim)
+    text = HashedWordEncoder(mc.text_len, mc.text_dim, **prompt_words(mc.name))
     return Runtime(model, text, default_decoder(mc), device, source)

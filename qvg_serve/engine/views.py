@@ -7,13 +7,16 @@ exact page sizes; span codebooks are pool-wide and reported in `kv_stats`, not p
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from qvg_serve.engine.report import KVStats
 from scheduler.core import Scheduler
 from scheduler.output import EndedStream
 from scheduler.pages import PageAllocator
 from scheduler.stream import Stream
+
+if TYPE_CHECKING:
+    from qvg_serve.engine.engine import Engine
 
 LADDER_EVENTS = ("encode", "reencode", "offload", "reload", "drop", "preempt", "restore")
 """History events the status reports as the stream's degraded/preempted history."""
@@ -89,3 +92,56 @@ def kv_stats(alloc: PageAllocator, sched: Scheduler) -> KVStats:
         waiting=sched.n_waiting,
         ladder=dict(sched.counters),
     )
+
+
+RESIDENT = ("running", "idle")
+"""States of a stream whose pages sit in the GPU arena (admitted, not preempted)."""
+
+
+def kv_summary(engine: Engine) -> dict[str, Any]:
+    """The KV memory picture of the web page: bytes and pages by format and tier, what the
+    same pages would take in BF16, the arena's capacity, and resident streams against what
+    the arena would hold if their pages were BF16 (same streams, same lengths)."""
+    st = engine.alloc.stats()
+    bf16 = engine.alloc.layout.page_bytes["bf16"]
+    pages: dict[str, dict[str, int]] = {}
+    nbytes: dict[str, dict[str, int]] = {}
+    for (tier, fmt), n in st.pages.items():
+        pages.setdefault(fmt, {})[tier] = n
+    for (tier, fmt), n in st.used_bytes.items():
+        nbytes.setdefault(fmt, {})[tier] = n
+    bf16_eq = {f: {t: n * bf16 for t, n in tiers.items()} for f, tiers in pages.items()}
+    resident = sum(1 for s in engine.scheduler.streams.values() if s.state.value in RESIDENT)
+    total = st.total_bytes["gpu"]
+    gpu_used = sum(t.get("gpu", 0) for t in nbytes.values())
+    gpu_bf16 = sum(t.get("gpu", 0) for t in bf16_eq.values())
+    return {
+        "capacity_bytes": dict(st.total_bytes),
+        "bytes": nbytes,
+        "pages": pages,
+        "bf16_equivalent_bytes": bf16_eq,
+        "resident_streams": resident,
+        "bf16_would_hold": _fit(total, gpu_bf16, resident),
+        "qvg_would_hold": _fit(total, gpu_used, resident),
+        "live_streams": len(engine.scheduler.streams),
+        "waiting": engine.scheduler.n_waiting,
+    }
+
+
+def _fit(capacity: int, used: int, streams: int) -> int | None:
+    """Streams of the current mean size that `capacity` bytes hold; None with none resident."""
+    return capacity * streams // used if streams and used else None
+
+
+def model_facts(engine: Engine, text_encoder: Any) -> dict[str, Any]:
+    """What a client needs to write a request: the model, its page formats and sizes, and the
+    prompt words it knows when its text encoder has a vocabulary (the tiny model)."""
+    mc = engine.mc
+    return {
+        "name": mc.name,
+        "layers": mc.layers,
+        "latent_frames_per_chunk": mc.frames_per_chunk,
+        "page_bytes": dict(engine.alloc.layout.page_bytes),
+        "vocabulary": list(getattr(text_encoder, "vocabulary", None) or []) or None,
+        "examples": list(getattr(text_encoder, "examples", ()) or ()),
+    }

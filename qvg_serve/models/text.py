@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 import zlib
+from collections.abc import Sequence
 
 import torch
 
@@ -19,8 +20,19 @@ import torch
 class HashedWordEncoder:
     """`TextEncoder`: prompts -> [B, text_len, text_dim] float32."""
 
-    def __init__(self, text_len: int, text_dim: int, seed: int = 0) -> None:
+    def __init__(
+        self,
+        text_len: int,
+        text_dim: int,
+        seed: int = 0,
+        vocabulary: Sequence[str] | None = None,
+        examples: Sequence[str] = (),
+    ) -> None:
         self.text_len, self.text_dim, self.seed = text_len, text_dim, seed
+        self.vocabulary = tuple(vocabulary) if vocabulary is not None else None
+        """Words the model was trained on, when known (prompt suggestions); None = any word."""
+        self.examples = tuple(examples)
+        """A few prompts the model knows (the web page offers them)."""
         self._cache: dict[str, torch.Tensor] = {}
 
     def word(self, w: str) -> torch.Tensor:

@@ -4,7 +4,8 @@ Every client error is a JSON `ErrorBody` {"error": {status, code, field, message
 422 for a body or parameter out of range (field = its path, e.g. "frames"), 400 for a body that
 is not JSON, 401 without a valid API key, 404 for an unknown stream or another tenant's, 409 for
 video.mp4 of a live stream, 413 for a body over server.max_body_bytes, 429 + Retry-After when
-the scheduler refuses. A 5xx is a bug.
+the scheduler refuses. A 5xx is a bug. Auth (auth.py): 400 `key_in_url` for a key in a query
+string, 403 `csrf` for a state-changing request on the session cookie without X-QVG-CSRF: 1.
 """
 
 from __future__ import annotations
@@ -16,9 +17,11 @@ from typing import Any, Literal
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi_offline import FastAPIOffline
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from qvg_serve.serve import stream_ids
+from qvg_serve.serve.auth import AuthError, Guard, Sessions, session_secret
 from qvg_serve.serve.config import AppConfig
 from qvg_serve.serve.frames import MJPEG_TYPE, SSE_TYPE
 from qvg_serve.serve.schema import (
@@ -36,7 +39,7 @@ from qvg_serve.serve.schema import (
 )
 from qvg_serve.serve.stream_ids import OWNER_KWARG
 
-ERRORS = {code: {"model": ErrorBody} for code in (400, 401, 404, 409, 413, 422, 429)}
+ERRORS = {code: {"model": ErrorBody} for code in (400, 401, 403, 404, 409, 413, 422, 429)}
 
 
 class ApiError(Exception):
@@ -106,7 +109,16 @@ def build_api(cfg: AppConfig, engine, environ=os.environ) -> FastAPI:
     """The FastAPI app; `engine` is the engine deployment's handle."""
     server = cfg.server
     keys = server.api_keys(environ) if server.auth_enabled() else {}
-    app = FastAPI(title="qvg-serve", version="1", description=__doc__, responses=ERRORS)  # type: ignore[arg-type]
+    # FastAPIOffline: /docs and /redoc with Swagger UI and ReDoc from the package, not a CDN
+    app = FastAPIOffline(
+        title="qvg-serve",
+        version="1",
+        description=__doc__,
+        responses=ERRORS,
+        swagger_ui_parameters={"validatorUrl": None},  # no badge fetched from swagger.io
+    )
+    secret = session_secret(server.session_secret_env, environ)
+    guard = Guard(keys, Sessions(keys, secret, server.session_ttl_s))  # headers or cookie
 
     def count(reason: str) -> None:
         engine.reject.remote(reason)  # fire and forget: counted on an engine replica
@@ -117,17 +129,12 @@ def build_api(cfg: AppConfig, engine, environ=os.environ) -> FastAPI:
     def tenant(request: Request) -> str:
         if not server.auth_enabled():
             return "default"
-        auth = request.headers.get("authorization", "")
-        key = auth[7:].strip() if auth.lower().startswith("bearer ") else None
-        key = key or request.headers.get("x-api-key")
-        if key is None or key not in keys:
-            raise ApiError(
-                401,
-                "unauthorized",
-                "missing or unknown API key (Authorization: Bearer <key> or X-API-Key)",
-                "authorization",
+        try:
+            return guard.tenant(
+                request.method, request.headers, request.query_params, request.cookies
             )
-        return keys[key]
+        except AuthError as exc:
+            raise ApiError(exc.status, exc.code, str(exc), exc.field) from None
 
     def owner(stream_id: str) -> str:
         rid = stream_ids.owner(stream_id)
@@ -245,6 +252,9 @@ def build_api(cfg: AppConfig, engine, environ=os.environ) -> FastAPI:
         data, ctype = await engine.metrics_text.remote()
         return Response(data, media_type=ctype)
 
+    from qvg_serve.serve.ui import mount_ui  # imports this module: wired in last
+
+    mount_ui(app, cfg, engine, tenant, guard)
     return app
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import inspect
+import re
 import textwrap
 from collections.abc import Mapping
 from functools import cache
@@ -190,6 +191,38 @@ class ServerSettings(_Strict):
         "there, so Prometheus scrapes every replica (GET /metrics through Serve's proxy reaches "
         "one replica per scrape). None = no extra port (local runs).",
     )
+
+    session_secret_env: str | None = Field(
+        "QVG_SESSION_SECRET",
+        min_length=1,
+        description="Environment variable holding the secret that signs /ui session cookies "
+        "(HMAC-SHA256). Unset or empty = a random secret per ingress process: sessions end on a "
+        "restart and do not carry between ingress replicas; set it when running several.",
+    )
+    session_ttl_s: int = Field(
+        8 * 3600,
+        ge=60,
+        le=30 * 24 * 3600,
+        description="Lifetime (s) of a /ui session cookie: a working day, after which the page "
+        "asks for the key again.",
+    )
+    cors_origins: tuple[str, ...] = Field(
+        (),
+        description="Origins allowed to call the API from a browser script on another site "
+        '(e.g. ["https://dash.example.com"]); empty = CORS off (same-origin only, /ui needs '
+        "none). Such callers send the key in a header: cookies are never honoured cross-site.",
+    )
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _origins(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for origin in value:
+            if origin != "*" and not re.fullmatch(r"https?://[^/\s]+", origin):
+                raise ValueError(
+                    f"cors_origins: {origin!r} is not an origin; write scheme://host[:port] "
+                    'with no path (e.g. "https://dash.example.com"), or "*"'
+                )
+        return value
 
     def auth_enabled(self) -> bool:
         """The resolved auth switch: "auto" is on for any host that is not loopback."""

@@ -273,6 +273,24 @@ class EngineReplica:
     async def health(self) -> dict[str, Any]:
         return {"replica": self.replica_id, "engine_thread": self.loop.alive()}
 
+    # -- the web page's reads (ui.py) -----------------------------------------------------------
+
+    async def list_streams(self, *, tenant: str, replica: str | None = None) -> dict[str, Any]:
+        """This replica's streams of `tenant`, newest first. A call routed to a replica that is
+        gone lands on another one (router.py), so the answer names the replica answering."""
+        mine = reversed(self.streams.items())
+        listed = [
+            _summary(stream_ids.make(self.replica_id, n), r) for n, r in mine if r.tenant == tenant
+        ]
+        return {"replica": self.replica_id, "streams": listed}
+
+    async def kv(self) -> dict[str, Any]:
+        return {"replica": self.replica_id, **await self._run(self.engine.kv_summary)}
+
+    async def model_info(self) -> dict[str, Any]:
+        facts = await self._run(self.engine.model_info, self.encoder_text)
+        return {**facts, "frames_per_chunk": self.frames_per_chunk, "fps": FPS}
+
     def check_health(self) -> None:  # Serve's health check: a dead engine thread restarts us
         if not self.loop.alive():
             raise RuntimeError("engine thread died")
@@ -281,6 +299,12 @@ class EngineReplica:
         loop = getattr(self, "loop", None)
         if loop is not None:
             loop.stop(wait=False)
+
+
+def _summary(public_id: str, rec: StreamRecord) -> dict[str, Any]:
+    return {"id": public_id, "prompt": rec.prompt,
+            "frames_done": len(rec.jpegs), "frames_wanted": rec.frames_wanted,
+            "created": rec.created, "end_reason": rec.ended}  # fmt: skip
 
 
 _REJECT_METRIC = {"kv_pressure": "capacity", "queue_full": "queue_full", "too_large": "invalid"}

@@ -108,3 +108,63 @@ class ErrorDetail(_Body):
 
 class ErrorBody(_Body):
     error: ErrorDetail
+
+
+# -- the web page's bodies (ui.py) ---------------------------------------------------------------
+
+
+class SignIn(_Body):
+    key: str = Field(min_length=1, max_length=512, description="An API key (sent in the body).")
+
+
+class Session(_Body):
+    tenant: str
+    auth: bool = Field(description="False when this server runs without auth (local demo).")
+    expires_at: int | None = Field(description="Unix seconds the session cookie ends; None = none.")
+
+
+class StreamSummary(_Body):
+    id: str
+    prompt: str
+    frames_done: int
+    frames_wanted: int
+    created: float = Field(description="Unix seconds the stream was created.")
+    end_reason: str | None
+
+
+class StreamList(_Body):
+    streams: list[StreamSummary] = Field(description="The tenant's streams, newest first.")
+    replicas: list[str] = Field(description="Replicas that answered.")
+
+
+class ModelInfo(_Body):
+    name: str
+    layers: int
+    latent_frames_per_chunk: int
+    frames_per_chunk: int = Field(description="Video frames one chunk decodes to.")
+    fps: float = Field(description="Playback rate of video.mp4.")
+    max_frames_per_stream: int
+    page_bytes: dict[str, int] = Field(description="Bytes of one KV page, by format.")
+    vocabulary: list[str] | None = Field(description="Words the model knows; None = any text.")
+    examples: list[str] = Field(description="Prompts the model knows.")
+
+
+class KvSummary(_Body):
+    replica: str
+    time: float = Field(description="Unix seconds of the reading.")
+    capacity_bytes: dict[str, int] = Field(description="tier -> bytes of the KV arena")
+    bytes: dict[str, dict[str, int]] = Field(description="format -> tier -> bytes held")
+    pages: dict[str, dict[str, int]] = Field(description="format -> tier -> pages held")
+    bf16_equivalent_bytes: dict[str, dict[str, int]] = Field(
+        description="format -> tier -> bytes the same pages would take in BF16"
+    )
+    resident_streams: int = Field(description="Streams whose pages are in the GPU arena.")
+    bf16_would_hold: int | None = Field(
+        description="Streams of the residents' mean length the arena holds if every page were "
+        "BF16 (None: no resident stream)."
+    )
+    qvg_would_hold: int | None = Field(
+        description="The same, at the residents' current format mix."
+    )
+    live_streams: int
+    waiting: int
