@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 import torch
 
 
-class Method(str, enum.Enum):
+class Method(enum.StrEnum):
     """How values are coded. QVG = k-means stages + group-quantized residual."""
 
     BF16 = "bf16"
@@ -25,7 +25,7 @@ class Method(str, enum.Enum):
     QVG = "qvg"
 
 
-class ScaleDtype(str, enum.Enum):
+class ScaleDtype(enum.StrEnum):
     """Storage dtype of per-group scales (and zero points)."""
 
     FP16 = "fp16"
