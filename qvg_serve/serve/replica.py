@@ -19,6 +19,7 @@ from qvg_serve.engine.engine import Engine
 from qvg_serve.engine.report import Chunk
 from qvg_serve.serve import stream_ids
 from qvg_serve.serve.config import AppConfig
+from qvg_serve.serve.disconnect import cancels_when_closed
 from qvg_serve.serve.engine_loop import EngineLoop
 from qvg_serve.serve.frames import (
     encode_jpegs,
@@ -221,6 +222,7 @@ class EngineReplica:
         res = await self._run(self.engine.cancel, sid)
         return {"cancelled": res.live, "pages_held": res.pages_held}
 
+    @cancels_when_closed  # cancel_on_disconnect=True: closing early cancels (disconnect.py)
     async def frames(self, stream: str, *, tenant: str, replica: str, fmt: str, start: int):
         """Frames from `start` on as MJPEG parts or SSE events, live until the stream ends."""
         own = self._own(stream, tenant, replica)
