@@ -4,11 +4,13 @@ Every client error is a JSON `ErrorBody` {"error": {status, code, field, message
 422 for a body or parameter out of range (field = its path, e.g. "frames"), 400 for a body that
 is not JSON, 401 without a valid API key, 404 for an unknown stream or another tenant's, 409 for
 video.mp4 of a live stream, 413 for a body over server.max_body_bytes, 429 + Retry-After when
-the scheduler refuses. A 5xx is a bug.
+the scheduler refuses, 503 + Retry-After while the server drains (SIGTERM). Any other 5xx is
+a bug.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any, Literal
 
@@ -17,10 +19,12 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from qvg_serve.serve import stream_ids
+from qvg_serve.serve import fanout, stream_ids
 from qvg_serve.serve.config import AppConfig
 from qvg_serve.serve.disconnect import detached
+from qvg_serve.serve.drain import Draining
 from qvg_serve.serve.frames import MJPEG_TYPE, SSE_TYPE
+from qvg_serve.serve.keys import KeyTable, resolve_auth
 from qvg_serve.serve.schema import (
     PRIORITIES,
     Action,
@@ -36,7 +40,8 @@ from qvg_serve.serve.schema import (
 )
 from qvg_serve.serve.stream_ids import OWNER_KWARG
 
-ERRORS = {code: {"model": ErrorBody} for code in (400, 401, 404, 409, 413, 422, 429)}
+ERRORS = {code: {"model": ErrorBody} for code in (400, 401, 404, 409, 413, 422, 429, 503)}
+log = logging.getLogger("qvg_serve.serve.api")
 
 
 class ApiError(Exception):
@@ -102,10 +107,15 @@ class BodyLimit:
         await resp(scope, receive, send)
 
 
-def build_api(cfg: AppConfig, engine, environ=os.environ) -> FastAPI:
-    """The FastAPI app; `engine` is the engine deployment's handle."""
+def build_api(cfg: AppConfig, engine, environ=os.environ, drain: Draining | None = None) -> FastAPI:
+    """The FastAPI app; `engine` is the engine deployment's handle; `drain` is the ingress's
+    drain switch (app.py flips it on SIGTERM: new streams get 503)."""
     server = cfg.server
-    keys = server.api_keys(environ) if server.auth_enabled() else {}
+    auth_on, warnings = resolve_auth(server, environ)  # ValueError: on, but no key anywhere
+    for line in warnings:
+        log.warning("%s", line)
+    keys = KeyTable(server, environ) if auth_on else None
+    drain = drain or Draining()
     app = FastAPI(title="qvg-serve", version="1", description=__doc__, responses=ERRORS)  # type: ignore[arg-type]
 
     def count(reason: str) -> None:
@@ -115,19 +125,20 @@ def build_api(cfg: AppConfig, engine, environ=os.environ) -> FastAPI:
     _error_handlers(app, count)
 
     def tenant(request: Request) -> str:
-        if not server.auth_enabled():
+        if keys is None:
             return "default"
         auth = request.headers.get("authorization", "")
         key = auth[7:].strip() if auth.lower().startswith("bearer ") else None
         key = key or request.headers.get("x-api-key")
-        if key is None or key not in keys:
+        who = None if key is None else keys.tenant(key)
+        if who is None:
             raise ApiError(
                 401,
                 "unauthorized",
                 "missing or unknown API key (Authorization: Bearer <key> or X-API-Key)",
                 "authorization",
             )
-        return keys[key]
+        return who
 
     def owner(stream_id: str) -> str:
         rid = stream_ids.owner(stream_id)
@@ -144,6 +155,14 @@ def build_api(cfg: AppConfig, engine, environ=os.environ) -> FastAPI:
 
     @app.post("/v1/streams", status_code=201, response_model=Created)
     async def create(body: CreateStream, request: Request, who: str = Depends(tenant)):
+        if drain.on:
+            raise ApiError(
+                503,
+                "draining",
+                "the server is shutting down and takes no new streams; retry on another",
+                None,
+                {"Retry-After": str(drain.retry_after_s)},
+            )
         if body.frames > server.max_frames_per_stream:
             raise ApiError(
                 422,
@@ -241,9 +260,12 @@ def build_api(cfg: AppConfig, engine, environ=os.environ) -> FastAPI:
 
     @app.get("/v1/capacity", response_model=Capacity)
     async def capacity(who: str = Depends(tenant)):
-        got = await engine.capacity.remote()
+        got = await fanout.each(engine, "capacity")  # every replica, not one at random
         return Capacity(
-            replicas=[got], free_bytes=got["free_bytes"], streams_that_fit=got["streams_that_fit"]
+            replicas=got,
+            free_bytes=sum(r["free_bytes"] for r in got),
+            total_bytes=sum(r["total_bytes"] for r in got),
+            streams_that_fit=sum(r["streams_that_fit"] for r in got),
         )
 
     @app.get("/metrics", response_class=Response, include_in_schema=False)

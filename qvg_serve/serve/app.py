@@ -33,7 +33,9 @@ from pydantic import ValidationError
 from ray import serve
 from ray.serve.config import RequestRouterConfig
 
+from qvg_serve.serve import fanout
 from qvg_serve.serve.config import AppConfig
+from qvg_serve.serve.drain import Draining
 from qvg_serve.serve.replica import EngineReplica
 
 INGRESS_NAME = "QVGIngress"
@@ -49,11 +51,21 @@ class QVGIngress:
 
     def __init__(self, args: dict[str, Any], engine) -> None:
         self.cfg, self.engine = AppConfig.from_args(args), engine
+        self.draining = Draining()
 
     def __serve_build_asgi_app__(self):
         from qvg_serve.serve.api import build_api
 
-        return build_api(self.cfg, self.engine)
+        return build_api(self.cfg, self.engine, drain=self.draining)
+
+    async def drain(self) -> None:
+        """Stop admitting: creates answer 503 + Retry-After from now on (drain.py)."""
+        self.draining.on = True
+
+    async def live(self) -> int:
+        """Live streams (waiting included) over every engine replica (fanout.py)."""
+        caps = await fanout.each(self.engine, "capacity")
+        return sum(c["live_streams"] for c in caps)  # waiting streams are among them
 
 
 def build_app(args: dict[str, Any] | None = None) -> serve.Application:

@@ -263,8 +263,14 @@ class EngineReplica:
             rec.mp4 = await asyncio.to_thread(mp4_from_jpegs, rec.jpegs, FPS)
         return rec.mp4
 
-    async def capacity(self) -> dict[str, Any]:
+    async def capacity(self, *, replica: str | None = None) -> dict[str, Any] | None:
+        if replica is not None and replica != self.replica_id:  # fanout.py: not the one asked
+            return None
         return {"replica": self.replica_id, **await self._run(self.engine.capacity)}
+
+    async def roster(self, *, roster: list[str]) -> list[str]:
+        """Every replica's id, as the router filled it in (fanout.py)."""
+        return roster
 
     async def metrics_text(self) -> tuple[bytes, str]:
         return self.metrics.exposition()

@@ -9,6 +9,7 @@ then offers Serve only that replica:
     replica "ab12cd34" is gone            ->  [[every replica]]        (answers 404: not mine)
     no replica= (create, capacity, ...)   ->  [[two random replicas]]  (power of two choices:
                                               Serve probes both and takes the shorter queue)
+    roster=[] (fanout.py)                 ->  roster=[every replica id], [[every replica]]
 
 Waiting on a busy owner instead of falling back is the point: multiplexed-model routing (the
 other built-in affinity) falls back to any replica after a timeout, which for a stream would be
@@ -21,7 +22,7 @@ import random
 
 from ray.serve.request_router import FIFOMixin, PendingRequest, RequestRouter, RunningReplica
 
-from qvg_serve.serve.stream_ids import OWNER_KWARG
+from qvg_serve.serve.stream_ids import OWNER_KWARG, ROSTER_KWARG
 
 
 class StreamRouter(FIFOMixin, RequestRouter):
@@ -30,7 +31,11 @@ class StreamRouter(FIFOMixin, RequestRouter):
         candidate_replicas: list[RunningReplica],
         pending_request: PendingRequest | None = None,
     ) -> list[list[RunningReplica]]:
-        owner = None if pending_request is None else pending_request.kwargs.get(OWNER_KWARG)
+        kwargs = {} if pending_request is None else pending_request.kwargs
+        if ROSTER_KWARG in kwargs:  # fanout.py: the answer is every replica's id
+            kwargs[ROSTER_KWARG] = sorted(r.replica_id.unique_id for r in candidate_replicas)
+            return [list(candidate_replicas)]
+        owner = kwargs.get(OWNER_KWARG)
         if owner is None:
             return [random.sample(candidate_replicas, min(2, len(candidate_replicas)))]
         mine = [r for r in candidate_replicas if r.replica_id.unique_id == owner]

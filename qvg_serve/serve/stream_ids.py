@@ -30,3 +30,7 @@ def engine_id(stream: str, replica: str) -> int | None:
     if not STREAM_ID.match(stream) or rid != replica:
         return None
     return int(num)
+
+
+ROSTER_KWARG = "roster"
+"""Keyword of `roster()`: the router replaces it with every live replica's id (fanout.py)."""
