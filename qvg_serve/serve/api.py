@@ -38,10 +38,12 @@ from qvg_serve.serve.schema import (
     StreamStatus,
     StreamUrls,
 )
-from qvg_serve.serve.stream_ids import OWNER_KWARG
+from qvg_serve.serve.stream_ids import AVOID_KWARG, OWNER_KWARG
 
 ERRORS = {code: {"model": ErrorBody} for code in (400, 401, 404, 409, 413, 422, 429, 503)}
 log = logging.getLogger("qvg_serve.serve.api")
+RETRYABLE = ("kv_pressure", "queue_full")
+"""Refusals another replica may not give: retried there before the client sees a 429."""
 
 
 class ApiError(Exception):
@@ -150,6 +152,21 @@ def build_api(cfg: AppConfig, engine, environ=os.environ, drain: Draining | None
         kw[OWNER_KWARG] = owner(stream_id)
         return getattr(engine, method).remote(stream_id, tenant=who, **kw)
 
+    async def place(**kw) -> dict[str, Any]:
+        """engine.create, retried on another replica after a kv_pressure / queue_full refusal
+        (the router leaves out the replicas in `avoid`; placement.py)."""
+        tried: list[str] = []
+        while True:
+            got = await engine.create.remote(**kw, **{AVOID_KWARG: list(tried)})
+            if got["accepted"] or got["reason"] not in RETRYABLE:
+                return got
+            rid = stream_ids.owner(got["id"])
+            if rid in tried or len(tried) + 1 >= server.create_tries:
+                return got  # a repeat: the router had no untried replica left
+            tried.append(rid)
+            if len(tried) >= len(await fanout.roster(engine)):
+                return got
+
     def not_found(stream_id: str) -> ApiError:
         return ApiError(404, "not_found", f"no stream {stream_id!r}", "stream_id")
 
@@ -171,7 +188,7 @@ def build_api(cfg: AppConfig, engine, environ=os.environ, drain: Draining | None
                 f"max_frames_per_stream = {server.max_frames_per_stream}",
                 "frames",
             )
-        got = await engine.create.remote(
+        got = await place(
             tenant=who,
             prompt=body.prompt,
             frames=body.frames,

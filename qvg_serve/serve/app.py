@@ -39,6 +39,9 @@ from qvg_serve.serve.drain import Draining
 from qvg_serve.serve.replica import EngineReplica
 
 INGRESS_NAME = "QVGIngress"
+ROUTING_STATS_PERIOD_S = 1.0
+"""How often each engine replica reports its free KV to the routers (placement.py): one cheap
+engine-thread command per second; Serve's default of 10 s is long against a burst."""
 INGRESS_MAX_ONGOING = 4096  # every open frames connection holds one; the ingress only relays
 
 
@@ -75,7 +78,10 @@ def build_app(args: dict[str, Any] | None = None) -> serve.Application:
     except ValidationError as exc:
         raise ValueError(f"qvg-serve config (build_app args) is invalid:\n{exc}") from None
     plain = cfg.model_dump(mode="json")
-    router = RequestRouterConfig(request_router_class="qvg_serve.serve.router:StreamRouter")
+    router = RequestRouterConfig(
+        request_router_class="qvg_serve.serve.router:StreamRouter",
+        request_routing_stats_period_s=ROUTING_STATS_PERIOD_S,
+    )
     engine = serve.deployment(EngineReplica).options(
         **cfg.deployment.serve_options(),
         request_router_config=router,

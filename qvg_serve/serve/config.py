@@ -180,6 +180,13 @@ class ServerSettings(_Strict):
         description="How often (at most) the keys file's mtime is checked: one stat per period "
         "per ingress, and a rotated key works within this many seconds.",
     )
+    create_tries: int = Field(
+        3,
+        ge=1,
+        description="Replicas a create may try when one refuses for memory or queue "
+        "(kv_pressure / queue_full) before the client gets the 429: capped by the replica "
+        "count; each try is one engine call, so a refusal costs little.",
+    )
     drain_timeout_s: float = Field(
         30.0,
         ge=0,

@@ -17,7 +17,7 @@ from typing import Any
 
 from qvg_serve.engine.engine import Engine
 from qvg_serve.engine.report import Chunk
-from qvg_serve.serve import stream_ids
+from qvg_serve.serve import placement, stream_ids
 from qvg_serve.serve.config import AppConfig
 from qvg_serve.serve.disconnect import cancels_when_closed
 from qvg_serve.serve.engine_loop import EngineLoop
@@ -144,6 +144,7 @@ class EngineReplica:
         seed: int,
         priority: int,
         target_fps: float | None,
+        avoid: list[str] | None = None,  # for the router (placement.py), not used here
     ) -> dict[str, Any]:
         self._loop = asyncio.get_running_loop()
         try:
@@ -267,6 +268,17 @@ class EngineReplica:
         if replica is not None and replica != self.replica_id:  # fanout.py: not the one asked
             return None
         return {"replica": self.replica_id, **await self._run(self.engine.capacity)}
+
+    async def record_routing_stats(self) -> dict[str, Any]:
+        """Serve's routing-stats hook: free KV for the router's placement (placement.py)."""
+        sched, fpc = self.cfg.scheduler, self.engine.facts.latent_frames_per_chunk  # pages
+        return await self._run(
+            lambda: placement.routing_stats(
+                self.engine.capacity(),
+                self.engine.kv_stats().bf16_page_bytes,
+                sched.sink_pages + sched.window_pages + fpc,
+            )
+        )
 
     async def roster(self, *, roster: list[str]) -> list[str]:
         """Every replica's id, as the router filled it in (fanout.py)."""

@@ -34,3 +34,7 @@ def engine_id(stream: str, replica: str) -> int | None:
 
 ROSTER_KWARG = "roster"
 """Keyword of `roster()`: the router replaces it with every live replica's id (fanout.py)."""
+
+AVOID_KWARG = "avoid"
+"""Keyword of `create()`: replica ids that just refused it; the router places the stream
+elsewhere by free KV (placement.py)."""
