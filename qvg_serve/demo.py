@@ -68,11 +68,29 @@ def run(args: argparse.Namespace) -> int:
 
     port = args.port or _free_port()
     print(f"qvg-serve demo: starting local Ray + the tiny model on :{port} ...", file=sys.stderr)
+    _interrupt_on_sigterm()
     try:
         base = start(demo_args(args.kv_cache_mib), "127.0.0.1", port, num_cpus=2, quiet=True)
+        _interrupt_on_sigterm()  # again: ray.init replaced the driver's SIGTERM handler
         return _run_streams(base, args)
+    except KeyboardInterrupt:  # SIGINT, or SIGTERM below: the demo is its only client
+        print("qvg-serve demo: interrupted; stopping Serve and Ray", file=sys.stderr)
+        return 130
+    except ValueError as exc:  # preflight: the port is taken
+        print(f"qvg-serve demo: {exc}", file=sys.stderr)
+        return 2
     finally:
         stop()
+
+
+def _interrupt_on_sigterm() -> None:
+    """SIGTERM unwinds like Ctrl-C, so `finally: stop()` runs and no Ray process is left."""
+    import signal
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
 
 
 def _run_streams(base: str, args: argparse.Namespace) -> int:

@@ -4,13 +4,14 @@ Every client error is a JSON `ErrorBody` {"error": {status, code, field, message
 422 for a body or parameter out of range (field = its path, e.g. "frames"), 400 for a body that
 is not JSON, 401 without a valid API key, 404 for an unknown stream or another tenant's, 409 for
 video.mp4 of a live stream, 413 for a body over server.max_body_bytes, 429 + Retry-After when
-the scheduler refuses. A 5xx is a bug. Auth (auth.py): 400 `key_in_url` for a key in a query
-string, 403 `csrf` for a state-changing request on the session cookie without X-QVG-CSRF: 1.
+the scheduler refuses, 503 + Retry-After while the server drains (SIGTERM). Any other 5xx is
+a bug. Auth (auth.py): 400 `key_in_url` for a key in a query string, 403 `csrf` for a
+state-changing request on the session cookie without X-QVG-CSRF: 1.
 """
 
 from __future__ import annotations
 
-import asyncio
+import logging
 import os
 from typing import Any, Literal
 
@@ -20,10 +21,13 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from fastapi_offline import FastAPIOffline
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from qvg_serve.serve import stream_ids
+from qvg_serve.serve import fanout, stream_ids
 from qvg_serve.serve.auth import AuthError, Guard, Sessions, session_secret
 from qvg_serve.serve.config import AppConfig
+from qvg_serve.serve.disconnect import detached
+from qvg_serve.serve.drain import Draining
 from qvg_serve.serve.frames import MJPEG_TYPE, SSE_TYPE
+from qvg_serve.serve.keys import KeyTable, resolve_auth
 from qvg_serve.serve.schema import (
     PRIORITIES,
     Action,
@@ -37,9 +41,12 @@ from qvg_serve.serve.schema import (
     StreamStatus,
     StreamUrls,
 )
-from qvg_serve.serve.stream_ids import OWNER_KWARG
+from qvg_serve.serve.stream_ids import AVOID_KWARG, OWNER_KWARG
 
-ERRORS = {code: {"model": ErrorBody} for code in (400, 401, 403, 404, 409, 413, 422, 429)}
+ERRORS = {code: {"model": ErrorBody} for code in (400, 401, 403, 404, 409, 413, 422, 429, 503)}
+log = logging.getLogger("qvg_serve.serve.api")
+RETRYABLE = ("kv_pressure", "queue_full")
+"""Refusals another replica may not give: retried there before the client sees a 429."""
 
 
 class ApiError(Exception):
@@ -105,20 +112,27 @@ class BodyLimit:
         await resp(scope, receive, send)
 
 
-def build_api(cfg: AppConfig, engine, environ=os.environ) -> FastAPI:
-    """The FastAPI app; `engine` is the engine deployment's handle."""
+def build_api(cfg: AppConfig, engine, environ=os.environ, drain: Draining | None = None) -> FastAPI:
+    """The FastAPI app; `engine` is the engine deployment's handle; `drain` is the ingress's
+    drain switch (app.py flips it on SIGTERM: new streams get 503)."""
     server = cfg.server
-    keys = server.api_keys(environ) if server.auth_enabled() else {}
+    auth_on, warnings = resolve_auth(server, environ)  # ValueError: on, but no key anywhere
+    for line in warnings:
+        log.warning("%s", line)
+    keys = KeyTable(server, environ) if auth_on else None
+    drain = drain or Draining()
     # FastAPIOffline: /docs and /redoc with Swagger UI and ReDoc from the package, not a CDN
     app = FastAPIOffline(
         title="qvg-serve",
         version="1",
         description=__doc__,
-        responses=ERRORS,
+        responses=ERRORS,  # type: ignore[arg-type]
         swagger_ui_parameters={"validatorUrl": None},  # no badge fetched from swagger.io
     )
     secret = session_secret(server.session_secret_env, environ)
-    guard = Guard(keys, Sessions(keys, secret, server.session_ttl_s))  # headers or cookie
+    table = keys if keys is not None else {}
+    guard = Guard(table, Sessions(table, secret, server.session_ttl_s))  # headers or cookie
+    guard.enabled = auth_on
 
     def count(reason: str) -> None:
         engine.reject.remote(reason)  # fire and forget: counted on an engine replica
@@ -127,7 +141,7 @@ def build_api(cfg: AppConfig, engine, environ=os.environ) -> FastAPI:
     _error_handlers(app, count)
 
     def tenant(request: Request) -> str:
-        if not server.auth_enabled():
+        if keys is None:
             return "default"
         try:
             return guard.tenant(
@@ -146,11 +160,34 @@ def build_api(cfg: AppConfig, engine, environ=os.environ) -> FastAPI:
         kw[OWNER_KWARG] = owner(stream_id)
         return getattr(engine, method).remote(stream_id, tenant=who, **kw)
 
+    async def place(**kw) -> dict[str, Any]:
+        """engine.create, retried on another replica after a kv_pressure / queue_full refusal
+        (the router leaves out the replicas in `avoid`; placement.py)."""
+        tried: list[str] = []
+        while True:
+            got = await engine.create.remote(**kw, **{AVOID_KWARG: list(tried)})
+            if got["accepted"] or got["reason"] not in RETRYABLE:
+                return got
+            rid = stream_ids.owner(got["id"])
+            if rid in tried or len(tried) + 1 >= server.create_tries:
+                return got  # a repeat: the router had no untried replica left
+            tried.append(rid)
+            if len(tried) >= len(await fanout.roster(engine)):
+                return got
+
     def not_found(stream_id: str) -> ApiError:
         return ApiError(404, "not_found", f"no stream {stream_id!r}", "stream_id")
 
     @app.post("/v1/streams", status_code=201, response_model=Created)
     async def create(body: CreateStream, request: Request, who: str = Depends(tenant)):
+        if drain.on:
+            raise ApiError(
+                503,
+                "draining",
+                "the server is shutting down and takes no new streams; retry on another",
+                None,
+                {"Retry-After": str(drain.retry_after_s)},
+            )
         if body.frames > server.max_frames_per_stream:
             raise ApiError(
                 422,
@@ -159,7 +196,7 @@ def build_api(cfg: AppConfig, engine, environ=os.environ) -> FastAPI:
                 f"max_frames_per_stream = {server.max_frames_per_stream}",
                 "frames",
             )
-        got = await engine.create.remote(
+        got = await place(
             tenant=who,
             prompt=body.prompt,
             frames=body.frames,
@@ -193,10 +230,16 @@ def build_api(cfg: AppConfig, engine, environ=os.environ) -> FastAPI:
         if await call("status", stream_id, who) is None:
             raise not_found(stream_id)
         gen = engine.options(stream=True).frames.remote(
-            stream_id, tenant=who, fmt=format, start=start, **{OWNER_KWARG: owner(stream_id)}
+            stream_id,
+            tenant=who,
+            fmt=format,
+            start=start,
+            cancel_on_disconnect=cancel_on_disconnect,
+            **{OWNER_KWARG: owner(stream_id)},
         )
         media = MJPEG_TYPE if format == "mjpeg" else SSE_TYPE
-        body = _relay(gen, lambda: call("cancel", stream_id, who) if cancel_on_disconnect else None)
+        hang_up = (lambda: call("cancel", stream_id, who)) if cancel_on_disconnect else None
+        body = _relay(gen, hang_up)
         return StreamingResponse(body, media_type=media, headers={"Cache-Control": "no-store"})
 
     @app.get(
@@ -242,9 +285,12 @@ def build_api(cfg: AppConfig, engine, environ=os.environ) -> FastAPI:
 
     @app.get("/v1/capacity", response_model=Capacity)
     async def capacity(who: str = Depends(tenant)):
-        got = await engine.capacity.remote()
+        got = await fanout.each(engine, "capacity")  # every replica, not one at random
         return Capacity(
-            replicas=[got], free_bytes=got["free_bytes"], streams_that_fit=got["streams_that_fit"]
+            replicas=got,
+            free_bytes=sum(r["free_bytes"] for r in got),
+            total_bytes=sum(r["total_bytes"] for r in got),
+            streams_that_fit=sum(r["streams_that_fit"] for r in got),
         )
 
     @app.get("/metrics", response_class=Response, include_in_schema=False)
@@ -259,7 +305,10 @@ def build_api(cfg: AppConfig, engine, environ=os.environ) -> FastAPI:
 
 
 async def _relay(gen, on_disconnect):
-    """Forward the replica's parts; if the client goes away, optionally cancel the stream."""
+    """Forward the replica's parts; if the client goes away, optionally cancel the stream.
+
+    The cancel runs `detached` (disconnect.py): awaited here, inside the request Serve is
+    cancelling, it was itself cancelled about one time in five. The replica cancels too."""
     finished = False
     try:
         async for part in gen:
@@ -268,9 +317,8 @@ async def _relay(gen, on_disconnect):
     finally:
         if not finished:
             gen.cancel()
-            ref = on_disconnect()
-            if ref is not None:
-                await asyncio.shield(ref)
+            if on_disconnect is not None:
+                detached(on_disconnect)
 
 
 def _refused(got: dict[str, Any]) -> ApiError:

@@ -33,10 +33,15 @@ from pydantic import ValidationError
 from ray import serve
 from ray.serve.config import RequestRouterConfig
 
+from qvg_serve.serve import fanout
 from qvg_serve.serve.config import AppConfig
+from qvg_serve.serve.drain import Draining
 from qvg_serve.serve.replica import EngineReplica
 
 INGRESS_NAME = "QVGIngress"
+ROUTING_STATS_PERIOD_S = 1.0
+"""How often each engine replica reports its free KV to the routers (placement.py): one cheap
+engine-thread command per second; Serve's default of 10 s is long against a burst."""
 INGRESS_MAX_ONGOING = 4096  # every open frames connection holds one; the ingress only relays
 
 
@@ -49,11 +54,21 @@ class QVGIngress:
 
     def __init__(self, args: dict[str, Any], engine) -> None:
         self.cfg, self.engine = AppConfig.from_args(args), engine
+        self.draining = Draining()
 
     def __serve_build_asgi_app__(self):
         from qvg_serve.serve.api import build_api
 
-        return build_api(self.cfg, self.engine)
+        return build_api(self.cfg, self.engine, drain=self.draining)
+
+    async def drain(self) -> None:
+        """Stop admitting: creates answer 503 + Retry-After from now on (drain.py)."""
+        self.draining.on = True
+
+    async def live(self) -> int:
+        """Live streams (waiting included) over every engine replica (fanout.py)."""
+        caps = await fanout.each(self.engine, "capacity")
+        return sum(c["live_streams"] for c in caps)  # waiting streams are among them
 
 
 def build_app(args: dict[str, Any] | None = None) -> serve.Application:
@@ -63,7 +78,10 @@ def build_app(args: dict[str, Any] | None = None) -> serve.Application:
     except ValidationError as exc:
         raise ValueError(f"qvg-serve config (build_app args) is invalid:\n{exc}") from None
     plain = cfg.model_dump(mode="json")
-    router = RequestRouterConfig(request_router_class="qvg_serve.serve.router:StreamRouter")
+    router = RequestRouterConfig(
+        request_router_class="qvg_serve.serve.router:StreamRouter",
+        request_routing_stats_period_s=ROUTING_STATS_PERIOD_S,
+    )
     engine = serve.deployment(EngineReplica).options(
         **cfg.deployment.serve_options(),
         request_router_config=router,

@@ -63,11 +63,21 @@ def fingerprint(key: str) -> str:
 class Sessions:
     """Signs and checks session tokens; `keys` maps API key -> tenant."""
 
-    def __init__(self, keys: Mapping[str, str], secret: bytes, ttl_s: int) -> None:
+    def __init__(self, keys, secret: bytes, ttl_s: int) -> None:
+        """`keys`: a Mapping or a reloading `keys.KeyTable` (anything with `.items()`)."""
         if len(secret) < 16:
             raise ValueError("session secret: use at least 16 bytes (e.g. 32 random bytes)")
-        self._secret, self.ttl_s = secret, ttl_s
-        self._by_print = {fingerprint(k): t for k, t in keys.items()}
+        self._secret, self.ttl_s, self._keys = secret, ttl_s, keys
+        self._seen: dict[str, str] = {}
+        self._by_print: dict[str, str] = {}
+
+    def _tenant_of_print(self, kprint: str) -> str | None:
+        """Tenant of the key with this fingerprint now (keys may have been rotated)."""
+        current = dict(self._keys.items())
+        if current != self._seen:
+            self._seen = current
+            self._by_print = {fingerprint(k): t for k, t in current.items()}
+        return self._by_print.get(kprint)
 
     def issue(self, key: str, tenant: str, now: float | None = None) -> tuple[str, int]:
         """(token, expiry as Unix seconds) for a key already checked to map to `tenant`."""
@@ -88,7 +98,7 @@ class Sessions:
             raise _unauthorized("session cookie is invalid: sign in again") from None
         if exp <= (now if now is not None else time.time()):
             raise _unauthorized("session expired: sign in again")
-        if self._by_print.get(kprint) != tenant:  # the key was removed or moved tenant
+        if self._tenant_of_print(kprint) != tenant:  # the key was removed or moved tenant
             raise _unauthorized("session's API key is no longer valid: sign in again")
         return tenant, exp
 
@@ -109,17 +119,21 @@ def _unauthorized(message: str) -> AuthError:
 class Guard:
     """The tenant of a request from its headers (Bearer, X-API-Key) or its session cookie."""
 
-    def __init__(self, keys: Mapping[str, str], sessions: Sessions) -> None:
-        self.keys, self.sessions = dict(keys), sessions
+    def __init__(self, keys, sessions: Sessions) -> None:
+        """`keys`: a Mapping or a reloading `keys.KeyTable` (its `tenant(key)` re-reads)."""
+        self.sessions = sessions
+        self.enabled = True  # False: auth resolved off (the API answers as tenant "default")
+        self.lookup = keys.tenant if hasattr(keys, "tenant") else dict(keys).get
 
     def tenant(self, method: str, headers: Mapping[str, str], query, cookies) -> str:
         """`headers` lower-cased names; `query` the parameter names; `cookies` name -> value."""
         refuse_url_keys(query)
         key = header_key(headers)
         if key is not None:
-            if key not in self.keys:
+            who = self.lookup(key)
+            if who is None:
                 raise _unauthorized("unknown API key (Authorization: Bearer <key> or X-API-Key)")
-            return self.keys[key]
+            return who
         token = cookies.get(SESSION_COOKIE)
         if not token:
             raise _unauthorized(

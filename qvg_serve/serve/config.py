@@ -165,14 +165,41 @@ class ServerSettings(_Strict):
     port: int = Field(8000, ge=1, le=65535, description="HTTP port (Ray Serve's default).")
     auth: Literal["auto"] | bool = Field(
         "auto",
-        description='API-key auth: "auto" = on unless host is loopback (off for the local '
-        "demo, on when serving 0.0.0.0), or true / false.",
+        description='API-key auth: "auto" = on unless the host is loopback and no key is set '
+        "(off for the local demo; on when serving 0.0.0.0 or when keys are given), or true / "
+        "false. On with no key at all is a startup error (serve/keys.py).",
     )
     api_keys_env: str | None = Field(
         "QVG_API_KEYS",
         min_length=1,
         description='Environment variable holding "key:tenant,key:tenant" pairs (from a '
         "Kubernetes Secret): keys never sit in the serve config, which the Ray dashboard shows.",
+    )
+    api_keys_file_env: str | None = Field(
+        "QVG_API_KEYS_FILE",
+        min_length=1,
+        description="Environment variable holding the path of a keys file (same pairs; e.g. a "
+        "mounted Secret): re-read when it changes, so keys rotate without a restart.",
+    )
+    api_keys_reload_s: float = Field(
+        5.0,
+        gt=0,
+        description="How often (at most) the keys file's mtime is checked: one stat per period "
+        "per ingress, and a rotated key works within this many seconds.",
+    )
+    create_tries: int = Field(
+        3,
+        ge=1,
+        description="Replicas a create may try when one refuses for memory or queue "
+        "(kv_pressure / queue_full) before the client gets the 429: capped by the replica "
+        "count; each try is one engine call, so a refusal costs little.",
+    )
+    drain_timeout_s: float = Field(
+        30.0,
+        ge=0,
+        description="On SIGTERM / SIGINT: how long new streams get 503 while live ones finish "
+        "before Serve and Ray stop (Kubernetes' default grace period is 30 s; set the pod's "
+        "terminationGracePeriodSeconds above this).",
     )
     max_body_bytes: int = Field(
         64 << 10,
@@ -228,11 +255,12 @@ class ServerSettings(_Strict):
                 )
         return value
 
-    def auth_enabled(self) -> bool:
-        """The resolved auth switch: "auto" is on for any host that is not loopback."""
+    def auth_enabled(self, keys_set: bool = False) -> bool:
+        """The resolved auth switch: "auto" is on for a host that is not loopback, or when
+        `keys_set` (serve/keys.py's `resolve_auth` checks the key sources)."""
         if isinstance(self.auth, bool):
             return self.auth
-        return self.host not in LOOPBACK
+        return self.host not in LOOPBACK or keys_set
 
     def api_keys(self, environ: Mapping[str, str]) -> dict[str, str]:
         """API key -> tenant, parsed from `environ[api_keys_env]` (empty when unset)."""

@@ -17,8 +17,9 @@ from typing import Any
 
 from qvg_serve.engine.engine import Engine
 from qvg_serve.engine.report import Chunk
-from qvg_serve.serve import stream_ids
+from qvg_serve.serve import placement, stream_ids
 from qvg_serve.serve.config import AppConfig
+from qvg_serve.serve.disconnect import cancels_when_closed
 from qvg_serve.serve.engine_loop import EngineLoop
 from qvg_serve.serve.frames import (
     encode_jpegs,
@@ -143,6 +144,7 @@ class EngineReplica:
         seed: int,
         priority: int,
         target_fps: float | None,
+        avoid: list[str] | None = None,  # for the router (placement.py), not used here
     ) -> dict[str, Any]:
         self._loop = asyncio.get_running_loop()
         try:
@@ -221,6 +223,7 @@ class EngineReplica:
         res = await self._run(self.engine.cancel, sid)
         return {"cancelled": res.live, "pages_held": res.pages_held}
 
+    @cancels_when_closed  # cancel_on_disconnect=True: closing early cancels (disconnect.py)
     async def frames(self, stream: str, *, tenant: str, replica: str, fmt: str, start: int):
         """Frames from `start` on as MJPEG parts or SSE events, live until the stream ends."""
         own = self._own(stream, tenant, replica)
@@ -261,8 +264,25 @@ class EngineReplica:
             rec.mp4 = await asyncio.to_thread(mp4_from_jpegs, rec.jpegs, FPS)
         return rec.mp4
 
-    async def capacity(self) -> dict[str, Any]:
+    async def capacity(self, *, replica: str | None = None) -> dict[str, Any] | None:
+        if replica is not None and replica != self.replica_id:  # fanout.py: not the one asked
+            return None
         return {"replica": self.replica_id, **await self._run(self.engine.capacity)}
+
+    async def record_routing_stats(self) -> dict[str, Any]:
+        """Serve's routing-stats hook: free KV for the router's placement (placement.py)."""
+        sched, fpc = self.cfg.scheduler, self.engine.facts.latent_frames_per_chunk  # pages
+        return await self._run(
+            lambda: placement.routing_stats(
+                self.engine.capacity(),
+                self.engine.kv_stats().bf16_page_bytes,
+                sched.sink_pages + sched.window_pages + fpc,
+            )
+        )
+
+    async def roster(self, *, roster: list[str]) -> list[str]:
+        """Every replica's id, as the router filled it in (fanout.py)."""
+        return roster
 
     async def metrics_text(self) -> tuple[bytes, str]:
         return self.metrics.exposition()

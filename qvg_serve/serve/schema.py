@@ -89,9 +89,10 @@ class Cancelled(_Body):
 
 
 class Capacity(_Body):
-    replicas: list[dict] = Field(description="One entry per replica answering (see docs).")
-    free_bytes: int
-    streams_that_fit: int
+    replicas: list[dict] = Field(description="One entry per engine replica (serve/fanout.py).")
+    free_bytes: int = Field(description="Free GPU KV bytes, summed over the replicas.")
+    total_bytes: int = Field(description="GPU KV arena bytes, summed over the replicas.")
+    streams_that_fit: int = Field(description="More minimal streams that fit, summed.")
 
 
 class Health(_Body):

@@ -30,3 +30,11 @@ def engine_id(stream: str, replica: str) -> int | None:
     if not STREAM_ID.match(stream) or rid != replica:
         return None
     return int(num)
+
+
+ROSTER_KWARG = "roster"
+"""Keyword of `roster()`: the router replaces it with every live replica's id (fanout.py)."""
+
+AVOID_KWARG = "avoid"
+"""Keyword of `create()`: replica ids that just refused it; the router places the stream
+elsewhere by free KV (placement.py)."""

@@ -99,13 +99,13 @@ def _session_routes(app: FastAPI, cfg: AppConfig, guard: Guard) -> None:
 
     @app.post("/v1/session", response_model=Session)
     async def sign_in(body: SignIn, request: Request):
-        if not server.auth_enabled():
+        if not guard.enabled:
             return Session(tenant="default", auth=False, expires_at=None)
         try:
             check_csrf("POST", request.headers)  # login CSRF: a foreign form cannot sign us in
         except AuthError as exc:
             raise _auth_error(exc) from None
-        who = guard.keys.get(body.key)
+        who = guard.lookup(body.key)
         if who is None:
             raise ApiError(401, "unauthorized", "unknown API key", "key")
         token, exp = guard.sessions.issue(body.key, who)
@@ -117,7 +117,7 @@ def _session_routes(app: FastAPI, cfg: AppConfig, guard: Guard) -> None:
 
     @app.get("/v1/session", response_model=Session)
     async def whoami(request: Request):
-        if not server.auth_enabled():
+        if not guard.enabled:
             return Session(tenant="default", auth=False, expires_at=None)
         try:
             if header_key(request.headers) is not None:

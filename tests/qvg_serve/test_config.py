@@ -92,6 +92,8 @@ def test_bad_values_name_the_field(args, field):
 def test_auth_auto_is_on_off_loopback(host, auth, enabled):
     cfg = AppConfig.from_args({"server": {"host": host, "auth": auth}})
     assert cfg.server.auth_enabled() is enabled
+    # keys set turn "auto" on even on loopback (serve/keys.py); an explicit bool still wins
+    assert cfg.server.auth_enabled(keys_set=True) is (enabled if auth != "auto" else True)
 
 
 def test_default_server_is_local_and_open():

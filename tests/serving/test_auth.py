@@ -52,7 +52,8 @@ def _done(value):
 
 
 ANSWERS = {
-    "capacity": {"replica": "r1", "free_bytes": 1, "streams_that_fit": 1},
+    "roster": ["r1"],
+    "capacity": {"replica": "r1", "free_bytes": 1, "total_bytes": 2, "streams_that_fit": 1},
     "cancel": {"cancelled": True, "pages_held": 0},
     "list_streams": {"replica": "r1", "streams": []},
     "reject": None,
