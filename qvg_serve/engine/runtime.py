@@ -76,5 +76,15 @@ def load_runtime(cfg: EngineConfig, warn=print) -> Runtime:
         source = f"random (seed {cfg.seed})"
         warn(f"qvg-serve: no weights for model {mc.name!r}: using {source}", file=sys.stderr)
     model.eval().requires_grad_(False)
-    text = HashedWordEncoder(mc.text_len, mc.text_dim)
-    return Runtime(model, text, default_decoder(mc), device, source)
+    return Runtime(model, default_text_encoder(mc), default_decoder(mc), device, source)
+
+
+def default_text_encoder(mc) -> HashedWordEncoder:
+    """Hashed words; for the tiny model with the vocabulary it was trained on (a prompt with
+    other words is refused: ValueError naming them). Other models: an open vocabulary."""
+    vocabulary = None
+    if mc.name == "tiny":
+        from qvg_serve.tiny.data import vocabulary as tiny_vocabulary
+
+        vocabulary = tiny_vocabulary()
+    return HashedWordEncoder(mc.text_len, mc.text_dim, vocabulary=vocabulary)
