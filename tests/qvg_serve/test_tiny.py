@@ -97,7 +97,7 @@ def test_pixel_ae_round_trip_is_exact_and_latents_have_unit_scale():
 
 def test_train_smoke_mode_lowers_the_loss_on_a_fixed_batch(tmp_path):
     log = train.main(["--smoke", "--out", str(tmp_path), "--device", "cpu"])
-    losses = [loss for _, _, loss in log["loss_curve"]]
+    losses = [loss for _, _, loss, _ in log["loss_curve"]]
     assert len(losses) == 4 and all(torch.isfinite(torch.tensor(losses)))
     assert losses[-1] < losses[0]
     weights = tmp_path / "tiny.safetensors"
