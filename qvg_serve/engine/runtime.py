@@ -40,7 +40,7 @@ def default_decoder(mc):
     return LatentPreview(mc)
 
 
-def prompt_words(preset: str) -> dict:
+def tiny_prompt_facts(preset: str) -> dict:
     """The tiny model's caption vocabulary and a few of its captions (it knows no other
     words); other models read any text, so they get neither."""
     if preset != "tiny":
@@ -87,5 +87,10 @@ def load_runtime(cfg: EngineConfig, warn=print) -> Runtime:
         source = f"random (seed {cfg.seed})"
         warn(f"qvg-serve: no weights for model {mc.name!r}: using {source}", file=sys.stderr)
     model.eval().requires_grad_(False)
-    text = HashedWordEncoder(mc.text_len, mc.text_dim, **prompt_words(mc.name))
-    return Runtime(model, text, default_decoder(mc), device, source)
+    return Runtime(model, default_text_encoder(mc), default_decoder(mc), device, source)
+
+
+def default_text_encoder(mc) -> HashedWordEncoder:
+    """Hashed words; for the tiny model with the vocabulary it was trained on (a prompt with
+    other words is refused: ValueError naming them). Other models: an open vocabulary."""
+    return HashedWordEncoder(mc.text_len, mc.text_dim, **tiny_prompt_facts(mc.name))

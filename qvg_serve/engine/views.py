@@ -142,6 +142,6 @@ def model_facts(engine: Engine, text_encoder: Any) -> dict[str, Any]:
         "layers": mc.layers,
         "latent_frames_per_chunk": mc.frames_per_chunk,
         "page_bytes": dict(engine.alloc.layout.page_bytes),
-        "vocabulary": list(getattr(text_encoder, "vocabulary", None) or []) or None,
+        "vocabulary": sorted(getattr(text_encoder, "vocabulary", None) or []) or None,
         "examples": list(getattr(text_encoder, "examples", ()) or ()),
     }

@@ -95,33 +95,56 @@ def _pick(gen: torch.Generator, options) -> str:
 
 
 def clip_spec(seed: int) -> ClipSpec:
-    """The clip named by `seed`."""
+    """The clip named by `seed`. Where a clip starts (frame 0) is fixed by its caption (see
+    `_shape_start`, `photo_start`); only sizes, speeds and textures are random."""
     gen = torch.Generator().manual_seed(seed)
     if torch.rand((), generator=gen).item() < PHOTO_FRACTION:
         photo, motion = _pick(gen, PHOTOS), _pick(gen, CAMERA_MOTIONS)
-        # centre (fraction of the photo), speed (px per frame), zoom phase, zoom scale
-        params = tuple(
-            _uniform(gen, a, b)
-            for a, b in ((0.3, 0.7), (0.3, 0.7), (0.8, 1.6), (0.0, 1.0), (0.35, 0.6))
-        )
-        return ClipSpec("photo", motion, PHOTOS[photo], params=params)
+        speed = _uniform(gen, 1.0, 1.4)  # photo px (of 288) per frame
+        return ClipSpec("photo", motion, PHOTOS[photo], params=photo_start(motion, speed))
     shape, colour = _pick(gen, SHAPES), _pick(gen, COLOURS)
     motion, background = _pick(gen, SHAPE_MOTIONS), _pick(gen, BACKGROUNDS)
-    # x0, y0, speed, spin, radius, phase, texture stripes, texture angle
-    params = tuple(
-        _uniform(gen, a, b)
-        for a, b in (
-            (20, 76),
-            (16, 48),
-            (1.0, 2.2),
-            (-0.12, 0.12),
-            (9, 15),
-            (0, 2 * math.pi),
-            (2, 5),
-            (0, math.pi),
-        )
+    vertical = motion in ("moving up", "moving down")
+    speed = _uniform(gen, 0.6, 0.8) if vertical else _uniform(gen, 1.0, 1.4)
+    spin, r = _uniform(gen, 0.03, 0.08), _uniform(gen, 14, 18)
+    stripes, tex_angle = _uniform(gen, 2, 5), _uniform(gen, 0, math.pi)
+    x0, y0, phase = _shape_start(motion, r)
+    return ClipSpec(
+        "shape",
+        motion,
+        background,
+        shape,
+        colour,
+        (x0, y0, speed, spin, r, phase, stripes, tex_angle),
     )
-    return ClipSpec("shape", motion, background, shape, colour, params)
+
+
+def _shape_start(motion: str, r: float) -> tuple[float, float, float]:
+    """(x0, y0, phase) at frame 0: one pose per motion, so what a caption's first frames show
+    is (nearly) determined by the caption. The tiny model is trained by regression (MSE) and
+    sampled with a few-step sampler that re-noises its clean estimate: where the first chunk
+    could be anywhere, the model learns the average over positions, which is a faint smear."""
+    return {
+        "moving left": (74.0, 32.0, 0.0),
+        "moving right": (22.0, 32.0, 0.0),
+        "moving up": (48.0, 44.0, 0.0),
+        "moving down": (48.0, 20.0, 0.0),
+        "bouncing": (72.0, r + 6.0, math.pi),  # at the top of a bounce, drifting left
+        "orbiting": (48.0, 32.0, 0.0),  # on the orbit's right end
+        "rotating": (48.0, 32.0, 0.0),
+    }[motion]
+
+
+def photo_start(motion: str, speed: float) -> tuple[float, ...]:
+    """(cx, cy, speed, zoom phase, zoom scale): pans start near the edge they move away
+    from, zooms at the photo's centre (wide for "in", close for "out")."""
+    cx, cy = {
+        "panning left": (0.725, 0.5),
+        "panning right": (0.275, 0.5),
+        "panning up": (0.5, 0.725),
+        "panning down": (0.5, 0.275),
+    }.get(motion, (0.5, 0.5))
+    return (cx, cy, speed, 1.0 if motion == "zooming in" else 0.0, 0.5)
 
 
 # ---- shape clips ---------------------------------------------------------------------------
@@ -147,9 +170,7 @@ def _trajectory(spec: ClipSpec, t: torch.Tensor) -> tuple[torch.Tensor, ...]:
     elif m == "orbiting":
         a = phase + speed * 0.06 * t
         x, y = 48 + 26 * torch.cos(a), 32 + 16 * torch.sin(a)
-    angle = spec.params[3] * t * (4.0 if m == "rotating" else 1.0)
-    if m == "rotating":
-        angle = angle + torch.sign(torch.tensor(spec.params[3])) * 0.12 * t
+    angle = spec.params[3] * t + (0.15 * t if m == "rotating" else 0.0)
     return x, y, angle
 
 
@@ -171,7 +192,7 @@ def _radius_fn(shape: str, phi: torch.Tensor) -> torch.Tensor:
     return math.cos(math.pi / n) / torch.cos((phi % sector) - sector / 2)
 
 
-def _background(name: str, device) -> torch.Tensor:
+def background(name: str, device) -> torch.Tensor:
     """[3, H, W] in [0, 1]."""
     yy = torch.linspace(0, 1, HEIGHT, device=device)[:, None].expand(HEIGHT, WIDTH)
     xx = torch.linspace(0, 1, WIDTH, device=device)[None, :].expand(HEIGHT, WIDTH)
@@ -187,8 +208,8 @@ def _background(name: str, device) -> torch.Tensor:
     return board.expand(3, HEIGHT, WIDTH).clone()
 
 
-def _render_shape(spec: ClipSpec, t: torch.Tensor) -> torch.Tensor:
-    """[F, 3, H, W] float in [0, 1]."""
+def _render_shape(spec: ClipSpec, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(rgb [F, 3, H, W] float in [0, 1], object alpha [F, H, W])."""
     device = t.device
     x, y, angle = _trajectory(spec, t)
     r, stripes, tex_angle = spec.params[4], spec.params[6], spec.params[7]
@@ -204,8 +225,8 @@ def _render_shape(spec: ClipSpec, t: torch.Tensor) -> torch.Tensor:
     shade = 0.82 + 0.18 * torch.cos(2 * math.pi * stripes * along / (2 * r))
     colour = torch.tensor(COLOURS[spec.colour], device=device)[None, :, None, None]
     obj = colour * shade[:, None]
-    bg = _background(spec.background, device)[None]
-    return bg * (1 - alpha[:, None]) + obj * alpha[:, None]
+    bg = background(spec.background, device)[None]
+    return bg * (1 - alpha[:, None]) + obj * alpha[:, None], alpha
 
 
 # ---- photo clips ---------------------------------------------------------------------------
@@ -273,19 +294,31 @@ def _render_photo(spec: ClipSpec, t: torch.Tensor) -> torch.Tensor:
 # ---- public API ----------------------------------------------------------------------------
 
 
-def render(spec: ClipSpec, frames: int, start: int = 0, device="cpu") -> torch.Tensor:
-    """uint8 frames [frames, H, W, 3] of `spec` from frame `start`."""
+def render(spec: ClipSpec, frames: int, start: int = 0, device="cpu", alpha: bool = False):
+    """uint8 frames [frames, H, W, 3] of `spec` from frame `start`; with `alpha`, also the
+    object's coverage [frames, H, W] float in [0, 1] (all 0 for photo clips)."""
     t = torch.arange(start, start + frames, device=device, dtype=torch.float32)
-    rgb = _render_shape(spec, t) if spec.kind == "shape" else _render_photo(spec, t)
-    return (rgb.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).contiguous()
+    if spec.kind == "shape":
+        rgb, cover = _render_shape(spec, t)
+    else:
+        rgb = _render_photo(spec, t)
+        cover = torch.zeros(frames, HEIGHT, WIDTH, device=device)
+    out = (rgb.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).contiguous()
+    return (out, cover) if alpha else out
 
 
-def clip(seed: int, frames: int, device="cpu") -> tuple[torch.Tensor, str]:
-    """(uint8 frames [frames, 64, 96, 3], caption) of the clip named by `seed`; each clip
-    starts at a seeded random time so clips do not all begin in the same phase."""
+def clip_start(seed: int) -> int:
+    """A seeded random start frame in [0, 200) (held-out continuation clips)."""
+    return int(torch.randint(0, 200, (), generator=torch.Generator().manual_seed(seed ^ 0x5EED5)))
+
+
+def clip(
+    seed: int, frames: int, device="cpu", start: int | None = None
+) -> tuple[torch.Tensor, str]:
+    """(uint8 frames [frames, 64, 96, 3], caption) of the clip named by `seed`, from frame
+    `start` (default `clip_start(seed)`, so clips do not all begin in the same phase)."""
     spec = clip_spec(seed)
-    start = int(torch.randint(0, 200, (), generator=torch.Generator().manual_seed(seed ^ 0x5EED5)))
-    return render(spec, frames, start, device), spec.caption
+    return render(spec, frames, clip_start(seed) if start is None else start, device), spec.caption
 
 
 def vocabulary() -> list[str]:

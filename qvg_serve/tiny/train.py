@@ -80,14 +80,42 @@ class BlockCausalContext:
         return out.permute(0, 2, 1, 3).reshape(q.shape)
 
 
+OBJECT_WEIGHT = 4.0
+"""Extra loss weight on object pixels (weight 1 + OBJECT_WEIGHT * coverage): the object
+covers 4-13 % of a frame, the background the rest."""
+START_FRACTION = 0.5
+"""Share of training clips taken from frame 0 (the caption's fixed first pose); the rest
+start at a random frame in [1, 150] and teach continuation far into a clip."""
+
+
+def clip_window(seed: int) -> int:
+    """Start frame of training clip `seed`: 0 with probability START_FRACTION, else a random
+    frame in [1, 150] (both drawn from the seed)."""
+    gen = torch.Generator().manual_seed(seed ^ 0x57A27)
+    if torch.rand((), generator=gen).item() < START_FRACTION:
+        return 0
+    return int(torch.randint(1, 151, (), generator=gen))
+
+
+def latent_weight(cover: torch.Tensor) -> torch.Tensor:
+    """Object coverage [F, H, W] -> loss weight [C, F, h, w] in the PixelAE layout."""
+    a = F.pixel_unshuffle(cover[:, None], PixelAE().factor)  # [F, 16, h, w]
+    return (1 + OBJECT_WEIGHT * torch.cat([a] * 3, 1)).transpose(0, 1)
+
+
 def make_batch(seeds, chunks: int, device, encoder: HashedWordEncoder):
-    """(latents [B, C, K * 3, h, w] fp32, text [B, text_len, text_dim], captions)."""
-    ae, lats, caps = PixelAE(), [], []
+    """(latents [B, C, K * 3, h, w] fp32, text [B, text_len, text_dim], loss weight like
+    latents, starts [B]: each clip's first frame)."""
+    ae, lats, caps, weights, starts = PixelAE(), [], [], [], []
     for s in seeds:
-        frames, caption = data.clip(s, chunks * TINY.frames_per_chunk, device)
+        spec, start = data.clip_spec(s), clip_window(s)
+        frames, cover = data.render(spec, chunks * TINY.frames_per_chunk, start, device, True)
         lats.append(ae.encode(frames))
-        caps.append(caption)
-    return torch.stack(lats), encoder.encode(caps).to(device), caps
+        weights.append(latent_weight(cover))
+        caps.append(spec.caption)
+        starts.append(start)
+    text = encoder.encode(caps).to(device)
+    return torch.stack(lats), text, torch.stack(weights), torch.tensor(starts)
 
 
 def sample_t(n: int, gen: torch.Generator) -> torch.Tensor:
@@ -98,9 +126,13 @@ def sample_t(n: int, gen: torch.Generator) -> torch.Tensor:
     return torch.where(torch.rand(n, generator=gen) < 0.5, pick, uniform)
 
 
-def flow_loss(model, latents, text, gen: torch.Generator, context_noise: float = 0.05):
-    """MSE of the predicted flow on every noisy chunk of the batch; `gen` on the latents'
-    device draws the noise (a CPU generator seeded from it draws timesteps)."""
+def flow_loss(model, batch, gen: torch.Generator, context_noise: float = 0.05):
+    """(weighted MSE of the predicted flow, plain MSE on object pixels) over the noisy
+    chunks of `batch` (from `make_batch`); `gen` on the latents' device draws the noise (a
+    CPU generator seeded from it draws timesteps). A clip that does not start at frame 0
+    is not scored on its first chunk: without context, that chunk is the caption's first
+    pose only at frame 0."""
+    latents, text, weight, starts = batch
     cpu_gen = torch.Generator().manual_seed(
         int(torch.randint(2**62, (), generator=gen, device=gen.device))
     )
@@ -121,7 +153,14 @@ def flow_loss(model, latents, text, gen: torch.Generator, context_noise: float =
         chunks += [ChunkInput(xt[i, j], float(t[i, j]), text[i], j * fpc) for j in range(k)]
     out = model(chunks, BlockCausalContext(model, k))
     pred = torch.stack([out[i * (2 * k - 1) + k - 1 + j] for i in range(b) for j in range(k)])
-    return F.mse_loss(pred.float(), (noise - x0).reshape(pred.shape).float())
+    err = (pred.float() - (noise - x0).reshape(pred.shape).float()).pow(2)
+    w = weight.unflatten(2, (k, fpc)).permute(0, 2, 1, 3, 4, 5).reshape(err.shape)
+    scored = torch.ones(b, k, device=err.device)
+    scored[:, 0] = (starts == 0).float().to(err.device)
+    w = w * scored.reshape(-1, 1, 1, 1, 1)
+    obj = (w > 1 + OBJECT_WEIGHT / 2).float()  # pixels the object covers more than half
+    obj_mse = (err * obj).sum() / obj.sum().clamp(min=1)
+    return (err * w).sum() / w.sum(), obj_mse
 
 
 def new_model(seed: int, device):
@@ -173,6 +212,10 @@ def parse(argv):
         help="CPU smoke mode: batch 2, 2 chunks, 4 steps on one fixed batch",
     )
     p.add_argument("--log-every", type=int, default=50)
+    p.add_argument("--save-every", type=float, default=60.0, help="seconds between weight saves")
+    p.add_argument(
+        "--ckpt", default=None, help="resumable checkpoint file (default OUT/tiny_ckpt.pt)"
+    )
     args = p.parse_args(argv)
     if args.smoke:
         args.batch, args.chunks, args.steps, args.warmup, args.log_every = 2, 2, 4, 1, 1
@@ -208,12 +251,12 @@ def main(argv=None) -> dict:
             break
         step = state["step"]
         seeds = [args.seed * TRAIN_SEED_BASE + step * args.batch + i for i in range(args.batch)]
-        lat, text, _ = fixed or make_batch(seeds, args.chunks, dev, encoder)
+        batch = fixed or make_batch(seeds, args.chunks, dev, encoder)
         lr = lr_at(max(step / args.steps, elapsed / budget), args.lr, step, args.warmup)
         for g in opt.param_groups:
             g["lr"] = lr
         with torch.autocast(dev.type, torch.bfloat16, enabled=dev.type == "cuda"):
-            loss = flow_loss(model, lat, text, gen)
+            loss, obj_mse = flow_loss(model, batch, gen)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -222,25 +265,26 @@ def main(argv=None) -> dict:
         with torch.no_grad():
             for k, v in model.state_dict().items():
                 ema[k].lerp_(v, 1 - decay)
-        window.append(loss.item())
+        window.append((loss.item(), obj_mse.item()))
         state["step"] = step + 1
         if state["step"] % args.log_every == 0 or args.smoke:
-            mean = sum(window) / len(window)
-            state["losses"].append([state["step"], round(time.time() - t0, 1), mean])
+            mean, obj = (sum(col) / len(window) for col in zip(*window, strict=True))
+            state["losses"].append([state["step"], round(time.time() - t0, 1), mean, obj])
             print(
-                f"step {state['step']:6d}  loss {mean:.4f}  lr {lr:.2e}  gnorm {gnorm:.2f}"
+                f"step {state['step']:6d}  loss {mean:.4f}  object {obj:.4f}  lr {lr:.2e}"
+                f"  gnorm {gnorm:.2f}"
                 f"  {time.time() - t0:7.1f}s",
                 flush=True,
             )
             window = []
             state["elapsed"] = time.time() - t0
-        if time.time() - last_save > 120:  # a killed run still leaves weights and its log
+        if time.time() - last_save > args.save_every:  # a killed run still leaves weights
             write_outputs(args, dev, out, ema, state)
             last_save = time.time()
     state["elapsed"] = time.time() - t0
     torch.save(
         {"model": model.state_dict(), "opt": opt.state_dict(), "ema": ema, "state": state},
-        out / "tiny_ckpt.pt",
+        args.ckpt or out / "tiny_ckpt.pt",
     )
     return write_outputs(args, dev, out, ema, state)
 
@@ -262,6 +306,7 @@ def write_outputs(args, dev, out: Path, ema: dict, state: dict) -> dict:
             "frames": args.chunks * 3,
             "size": [data.HEIGHT, data.WIDTH],
             "clip_seeds": "seed * 1e9 + step * batch + i",
+            "clip_start": f"frame 0 with p={START_FRACTION}, else U[1, 150] (first chunk unscored)",
             "shapes": data.SHAPES,
             "colours": list(data.COLOURS),
             "shape_motions": data.SHAPE_MOTIONS,
@@ -276,12 +321,14 @@ def write_outputs(args, dev, out: Path, ema: dict, state: dict) -> dict:
             "shift": SHIFT_T,
             "target": "v = noise - x0",
             "context_noise": 0.05,
+            "object_weight": f"1 + {OBJECT_WEIGHT} * object coverage",
             "optimizer": "AdamW b=(0.9,0.99) wd=0.01, warmup + cosine to lr/10",
             "ema": args.ema,
             "autocast": "bf16 on cuda",
             "grad_clip": 1.0,
         },
         "loss_curve": state["losses"],
+        "loss_curve_columns": ["step", "seconds", "weighted loss", "object-pixel mse"],
     }
     (out / "tiny_train.json").write_text(json.dumps(log, indent=1))
     print(f"wrote {out / 'tiny.safetensors'} after {state['step']} steps", flush=True)

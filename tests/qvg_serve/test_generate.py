@@ -17,9 +17,9 @@ def test_generate_writes_one_playable_mp4_per_prompt(tmp_path, capsys):
         [
             "generate",
             "--prompt",
-            "a red ball",
+            "a red circle bouncing on black",
             "--prompt",
-            "a blue cube",
+            "a blue square moving left on gradient",
             "--frames",
             "14",
             "--out",
@@ -52,6 +52,26 @@ def test_generate_rejects_bad_input(tmp_path, capsys):
         == 2
     )
     assert "no such file" in capsys.readouterr().err
+
+
+def test_generate_names_unknown_words_and_suggests_known_ones(tmp_path, capsys):
+    rc = main(["generate", "--prompt", "a red fox in snow", "--out", str(tmp_path), "--quiet"])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "unknown words 'fox'" in err and "'snow' (did you mean" in err
+    assert not list(tmp_path.glob("*.mp4"))
+
+
+def test_vocabulary_check_and_open_vocabulary():
+    enc = HashedWordEncoder(8, 4, vocabulary=["a", "red", "circle", "bouncing", "on", "black"])
+    assert enc.unknown_words("A RED circel, bouncing on blak blak") == ["circel", "blak"]
+    assert enc.suggestions("circel")[0] == "circle"
+    with pytest.raises(ValueError, match=r"'circel' \(did you mean 'circle'\?\)"):
+        enc.encode(["a red circel"])
+    assert enc.encode(["a red circle bouncing on black"]).shape == (1, 8, 4)
+    open_enc = HashedWordEncoder(8, 4)  # no vocabulary: every word is accepted
+    assert open_enc.unknown_words("a red fox") == []
+    assert open_enc.encode(["a red fox"]).shape == (1, 8, 4)
 
 
 def test_chunks_for_frames():

@@ -52,11 +52,28 @@ def test_caption_motion_matches_object_centroid(motion, axis, sign):
         spec.shape,
         spec.colour,
         (48.0, 32.0, *spec.params[2:]),
-    )  # start centred: no wrap in 4 frames
-    frames = data.render(spec, 4).float().sum(-1)
+    )  # start centred: no wrap in 6 frames (vertical speed 0.6-0.8 px per frame)
+    frames = data.render(spec, 6).float().sum(-1)
     mask = frames > 100
     coords = [torch.nonzero(m).float().mean(0)[axis].item() for m in mask]
     assert sign * (coords[-1] - coords[0]) > 2
+
+
+@pytest.mark.parametrize("motion", data.SHAPE_MOTIONS)
+def test_first_frame_is_fixed_by_the_caption(motion):
+    """Clips of one caption differ only in size, speed and texture at frame 0 (what the
+    model learns to draw from the caption alone): their object centroids agree."""
+    centroids = []
+    for s in range(3000):
+        spec = data.clip_spec(s)
+        if (spec.motion, spec.colour, spec.background) == (motion, "white", "black"):
+            mask = data.render(spec, 1)[0].float().sum(-1) > 300
+            centroids.append(torch.nonzero(mask).float().mean(0))
+        if len(centroids) == 3:
+            break
+    assert len(centroids) == 3
+    spread = torch.stack(centroids).std(0).max().item()
+    assert spread < 2.0, (motion, centroids)
 
 
 def test_photo_clip_caption_names_a_bundled_photo_and_moves():
@@ -80,7 +97,7 @@ def test_pixel_ae_round_trip_is_exact_and_latents_have_unit_scale():
 
 def test_train_smoke_mode_lowers_the_loss_on_a_fixed_batch(tmp_path):
     log = train.main(["--smoke", "--out", str(tmp_path), "--device", "cpu"])
-    losses = [loss for _, _, loss in log["loss_curve"]]
+    losses = [loss for _, _, loss, _ in log["loss_curve"]]
     assert len(losses) == 4 and all(torch.isfinite(torch.tensor(losses)))
     assert losses[-1] < losses[0]
     weights = tmp_path / "tiny.safetensors"
@@ -101,3 +118,19 @@ def test_shipped_weights_load_into_the_tiny_preset():
     load_checkpoint(model, path)
     assert not torch.equal(before, model.head.head.weight)
     assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_fidelity_scorer_passes_true_clips_and_fails_an_empty_video():
+    from qvg_serve.tiny import fidelity
+
+    scorer = fidelity.Scorer(frames=6, clips_per_class=1)
+    prompts = fidelity.prompts(4, 2)
+    for p in prompts:
+        score = scorer.score(p, fidelity.true_video(p, 6))
+        if p.kind == "shape":
+            assert score["present"] == 1.0 and score["colour"] and score["background"], score
+        else:
+            assert score["photo"], (p.caption, score)
+    blank = torch.full((6, data.HEIGHT, data.WIDTH, 3), 10, dtype=torch.uint8)
+    score = scorer.score(prompts[0], blank)
+    assert score["present"] == 0.0 and not score["shape"]

@@ -85,7 +85,7 @@ def serving():
 
 
 def create(base: str, headers=ACME, **body) -> requests.Response:
-    body.setdefault("prompt", "a red fox running through snow")
+    body.setdefault("prompt", "a red star moving right on black")
     body.setdefault("frames", 12)
     return requests.post(f"{base}/v1/streams", json=body, headers=headers, timeout=30)
 

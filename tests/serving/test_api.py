@@ -90,14 +90,21 @@ def test_action_applies_to_a_live_stream(base):
     sid = create(base, frames=96).json()["id"]
     r = requests.post(
         f"{base}/v1/streams/{sid}/actions",
-        json={"prompt": "now it rains"},
+        json={"prompt": "a blue circle bouncing on grey"},
         headers=ACME,
         timeout=30,
     )
     assert r.status_code == 200 and r.json()["applied"] is True
-    assert requests.get(f"{base}/v1/streams/{sid}", headers=ACME).json()["prompt"] == "now it rains"
+    assert (
+        requests.get(f"{base}/v1/streams/{sid}", headers=ACME).json()["prompt"]
+        == "a blue circle bouncing on grey"
+    )
     requests.delete(f"{base}/v1/streams/{sid}", headers=ACME)
-    late = requests.post(f"{base}/v1/streams/{sid}/actions", json={"prompt": "x"}, headers=ACME)
+    late = requests.post(
+        f"{base}/v1/streams/{sid}/actions",
+        json={"prompt": "a red star rotating on black"},
+        headers=ACME,
+    )
     assert late.status_code == 409
 
 
@@ -264,4 +271,17 @@ def test_prompt_without_words_422(base, prompt):
     sid = create(base, frames=240).json()["id"]
     r = requests.post(f"{base}/v1/streams/{sid}/actions", json={"prompt": prompt}, headers=ACME)
     assert r.status_code == 422 and r.json()["error"]["field"] == "prompt"
+    requests.delete(f"{base}/v1/streams/{sid}", headers=ACME)
+
+
+def test_prompt_with_unknown_words_422_names_them(base):
+    r = create(base, prompt="a red fox in the snow")
+    assert r.status_code == 422 and r.json()["error"]["field"] == "prompt"
+    message = r.json()["error"]["message"]
+    assert "'fox'" in message and "'snow'" in message and "'red' (" not in message
+    sid = create(base, frames=240).json()["id"]
+    r = requests.post(
+        f"{base}/v1/streams/{sid}/actions", json={"prompt": "a red circel"}, headers=ACME
+    )
+    assert r.status_code == 422 and "did you mean 'circle'" in r.json()["error"]["message"]
     requests.delete(f"{base}/v1/streams/{sid}", headers=ACME)

@@ -26,7 +26,9 @@ def test_streams_spread_over_both_replicas_and_stay_there(two):
         frames = [d for e, d in sse_events(two, sid) if e == "frame"]
         assert len(frames) == 12
         assert requests.post(
-            f"{two}/v1/streams/{sid}/actions", json={"prompt": "p"}, headers=ACME
+            f"{two}/v1/streams/{sid}/actions",
+            json={"prompt": "a green square rotating on grey"},
+            headers=ACME,
         ).status_code in (200, 409)
         assert requests.get(f"{two}/v1/streams/{sid}/video.mp4", headers=ACME).status_code == 200
 
