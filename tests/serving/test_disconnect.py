@@ -7,6 +7,8 @@ and closes the socket (alternately a FIN and an RST, as browsers and killed clie
 
 from __future__ import annotations
 
+import importlib.util
+import pathlib
 import socket
 import struct
 import time
@@ -15,7 +17,15 @@ from urllib.parse import urlsplit
 
 import pytest
 import requests
-from conftest import ACME, create, wait_state
+
+# The serving conftest's helpers, by path: `from conftest import` would get whichever conftest
+# module the run imported first (tests/conftest.py's `tol` users collide with this one).
+_spec = importlib.util.spec_from_file_location(
+    "serving_helpers", pathlib.Path(__file__).with_name("conftest.py")
+)
+_helpers = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_helpers)
+ACME, create, wait_state = _helpers.ACME, _helpers.create, _helpers.wait_state
 
 TRIALS_ON, TRIALS_OFF, AT_ONCE = 52, 6, 8
 

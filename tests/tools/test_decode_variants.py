@@ -3,9 +3,12 @@ and code-load mode exact against the reference, and equal to the product kernel.
 
 from __future__ import annotations
 
+import importlib.util
+import pathlib
+
 import pytest
 import torch
-from conftest import tol
+
 
 from kernels import decode_triton as dt
 from kernels import groupquant_ref as gq
@@ -13,6 +16,15 @@ from kernels import qvg_ref
 from kernels.hadamard import rotate_groups
 from kernels.spec import QuantSpec, ScaleDtype, get_spec
 from tools import decode_variants as dv
+
+# tests/conftest.py's tolerance table, by path: `from conftest import` gets whichever conftest
+# module was imported last (tests/serving/conftest.py when the whole suite runs).
+_spec = importlib.util.spec_from_file_location(
+    "root_conftest", pathlib.Path(__file__).parents[1] / "conftest.py"
+)
+_root = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_root)
+tol = _root.tol
 
 # Cases as in tests/kernels/test_decode_triton.py (a test module is not importable from here).
 QVG = ["qvg-int2", "qvg-int4", "qvg-pro-int2", "qvg-int2-plain"]
