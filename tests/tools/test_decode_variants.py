@@ -9,7 +9,6 @@ import pathlib
 import pytest
 import torch
 
-
 from kernels import decode_triton as dt
 from kernels import groupquant_ref as gq
 from kernels import qvg_ref
