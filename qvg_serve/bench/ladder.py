@@ -43,6 +43,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="arena as a fraction of the streams' whole BF16 history")  # fmt: skip
     p.add_argument("--max-batch", type=int, default=4, help="streams per forward pass")
     p.add_argument("--modes", default="bf16,qvg")
+    p.add_argument("--eager-span", type=int, default=None, help="eager_span_pages (qvg mode)")
     p.add_argument("--sweep", action="store_true", help="largest zero-loss N per mode")
     p.add_argument("--max-streams", type=int, default=64, help="upper bound of the sweep")
     p.add_argument("--max-steps", type=int, default=200_000)
@@ -67,6 +68,7 @@ def run_mode(rt, args, mode: str, streams: int, arena: int) -> dict:
         max_waiting=max(64, streams),
         sink_pages=min(3, mc.frames_per_chunk),
         window_pages=mc.frames_per_chunk,
+        **({"eager_span_pages": args.eager_span} if args.eager_span and mode == "qvg" else {}),
     )
     cfg = EngineConfig(model=mc.name, kv_cache_memory_bytes=arena, device=str(rt.device))
     eng = Engine(rt.model, cfg, sc, decoder=rt.decoder, device=rt.device)
