@@ -239,7 +239,7 @@ def build_api(cfg: AppConfig, engine, environ=os.environ, drain: Draining | None
         )
         media = MJPEG_TYPE if format == "mjpeg" else SSE_TYPE
         hang_up = (lambda: call("cancel", stream_id, who)) if cancel_on_disconnect else None
-        body = _relay(gen, hang_up)
+        body = _relay(gen, hang_up, drain)
         return StreamingResponse(body, media_type=media, headers={"Cache-Control": "no-store"})
 
     @app.get(
@@ -304,17 +304,19 @@ def build_api(cfg: AppConfig, engine, environ=os.environ, drain: Draining | None
     return app
 
 
-async def _relay(gen, on_disconnect):
+async def _relay(gen, on_disconnect, drain: Draining):
     """Forward the replica's parts; if the client goes away, optionally cancel the stream.
 
     The cancel runs `detached` (disconnect.py): awaited here, inside the request Serve is
     cancelling, it was itself cancelled about one time in five. The replica cancels too."""
     finished = False
+    drain.relays += 1  # a drain waits for open viewers (drain.py)
     try:
         async for part in gen:
             yield part
         finished = True
     finally:
+        drain.relays -= 1
         if not finished:
             gen.cancel()
             if on_disconnect is not None:

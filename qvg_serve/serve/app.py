@@ -66,9 +66,10 @@ class QVGIngress:
         self.draining.on = True
 
     async def live(self) -> int:
-        """Live streams (waiting included) over every engine replica (fanout.py)."""
+        """Live streams over every engine replica (fanout.py) + open frames connections."""
         caps = await fanout.each(self.engine, "capacity")
-        return sum(c["live_streams"] for c in caps)  # waiting streams are among them
+        live = sum(c["live_streams"] for c in caps)  # waiting streams are among them
+        return live + self.draining.relays  # and viewers still reading their last frames
 
 
 def build_app(args: dict[str, Any] | None = None) -> serve.Application:

@@ -30,6 +30,8 @@ class Draining:
     on: bool = False
     retry_after_s: int = 5
     """What a refused client is told to wait: about a load balancer's health-check period."""
+    relays: int = 0
+    """Frames connections open on this ingress: a drain waits for viewers to get their end."""
 
 
 def drain(ingress, timeout_s: float, abort: Callable[[], bool], clock=time.monotonic) -> int:

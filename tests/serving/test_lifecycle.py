@@ -17,7 +17,7 @@ from conftest import free_port, wait_healthy
 
 from qvg_serve.serve.frames import parse_sse
 
-DRAIN_S = 30
+DRAIN_S = 60  # generous: the 36-frame stream must finish inside it on a loaded CI box
 ARGS = {
     "engine": {"model": "tiny", "device": "cpu", "kv_cache_memory_bytes": 16 << 20},
     "server": {"auth": False, "drain_timeout_s": DRAIN_S},
@@ -80,12 +80,11 @@ def config(tmp_path):
 def test_auth_on_without_keys_fails_before_ray_naming_the_variable(tmp_path):
     path = tmp_path / "args.yaml"
     path.write_text(yaml.safe_dump({**ARGS, "server": {"auth": True}}))
-    t0 = time.time()
     done = subprocess.run(serve_cmd(path, free_port()), capture_output=True, text=True,
                           timeout=60, env=clean_env())  # fmt: skip
     assert done.returncode == 2, done.stderr[-2000:]
     assert "$QVG_API_KEYS" in done.stderr and "server.auth = false" in done.stderr
-    assert "Started a local Ray instance" not in done.stderr and time.time() - t0 < 30
+    assert "Started a local Ray instance" not in done.stderr  # it failed before Ray
 
 
 def test_sigterm_drains_exits_0_and_leaves_no_process(config, tmp_path):
@@ -103,8 +102,13 @@ def test_sigterm_drains_exits_0_and_leaves_no_process(config, tmp_path):
 
         sid = requests.post(f"{base}/v1/streams", json={"prompt": "a red fox", "frames": 36},
                             timeout=30).json()["id"]  # fmt: skip
+        viewer = requests.get(f"{base}/v1/streams/{sid}/frames", params={"format": "sse"},
+                              stream=True, timeout=120)  # fmt: skip
+        lines = viewer.iter_lines(decode_unicode=True)
+        first = [next(lines), next(lines)]  # "event: frame", "data: ...": the viewer is open
+        assert first[0] == "event: frame", first
         events: list = []
-        reader = threading.Thread(target=lambda: events.extend(read_sse(base, sid)))
+        reader = threading.Thread(target=lambda: events.extend(parse_sse([*first, *lines])))
         reader.start()
         tree = descendants(proc.pid)
         proc.send_signal(signal.SIGTERM)
@@ -114,7 +118,9 @@ def test_sigterm_drains_exits_0_and_leaves_no_process(config, tmp_path):
         rc = proc.wait(timeout=DRAIN_S + 60)
         reader.join(timeout=10)
         assert rc == 0, (tmp_path / "serve.log").read_text()[-3000:]
-        assert events and events[-1] == ("end", {"reason": "completed", "frames": 36})
+        # the drain waited for the stream and its viewer: every frame, then the end event
+        assert events and events[-1] == ("end", {"reason": "completed", "frames": 36}), events[-1:]
+        assert [d["index"] for e, d in events if e == "frame"] == list(range(36))
         end = time.time() + 10
         while left_over(tree, proc.pid) and time.time() < end:
             time.sleep(0.2)
@@ -122,12 +128,6 @@ def test_sigterm_drains_exits_0_and_leaves_no_process(config, tmp_path):
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
-
-
-def read_sse(base: str, sid: str) -> list:
-    r = requests.get(f"{base}/v1/streams/{sid}/frames", params={"format": "sse"}, stream=True,
-                     timeout=120)  # fmt: skip
-    return parse_sse(r.iter_lines(decode_unicode=True))
 
 
 def wait_refused(base: str, timeout: float = 15) -> requests.Response:
