@@ -4,6 +4,7 @@
                       + the rest of its history at the deep format           (eager encoding)
                       + one codebook per span of that rest (eager_span_pages a span)
 
+A stream shorter than sink + window + one chunk is projected at its own length in BF16.
 For a stream of unbounded length (target_chunks None) nothing about its future length is
 known: it is projected at what it holds when it starts (sink + window + one chunk), and the
 ladder (lossless rungs first) handles its growth. A stream is admitted while the admitted
@@ -46,6 +47,7 @@ class Footprints:
         cfg = self.config
         hot = cfg.sink_pages + cfg.window_pages + spec.pages_per_chunk
         pages = hot if spec.target_chunks is None else spec.target_chunks * spec.pages_per_chunk
+        hot = min(hot, pages)  # a short stream never holds a whole sink + window
         rest = max(0, pages - cfg.sink_pages - cfg.window_pages)
         spans = math.ceil(rest / cfg.eager_span_pages) if rest else 0
         return hot * self.bf16 + rest * self.deep + spans * self.codebook

@@ -15,7 +15,9 @@ requests = pytest.importorskip("requests")
 KEYS = "key-acme:acme,key-globex:globex"
 ACME = {"Authorization": "Bearer key-acme"}
 GLOBEX = {"X-API-Key": "key-globex"}
-# The tiny model with a 16 MiB arena: ~25 bf16 pages; a 12-frame stream is one chunk.
+# The tiny model with a 16 MiB arena: ~25 bf16 pages of one frame each; a chunk is 3 frames.
+# Admission projects a stream at its full length (a 240-frame one ~28.5 MB): modules that run
+# long streams side by side deploy with a larger arena.
 BASE_ARGS = {
     "engine": {"model": "tiny", "device": "cpu", "kv_cache_memory_bytes": 16 << 20},
     "server": {"auth": True},

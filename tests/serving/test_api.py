@@ -13,7 +13,10 @@ from qvg_serve.serve.frames import parse_mjpeg
 
 @pytest.fixture(scope="module")
 def base(serving):
-    return serving.deploy("api", "/")
+    # 96 MiB: admission projects each stream at its full length (issue 13); a 240-frame tiny
+    # stream is ~28.5 MB at INT2 past its bf16 sink + window, and the disconnect test runs two
+    # at once beside short ones
+    return serving.deploy("api", "/", engine={"kv_cache_memory_bytes": 96 << 20})
 
 
 def test_create_returns_201_with_id_and_urls(base):
@@ -133,11 +136,17 @@ def test_disconnect_keeps_stream_unless_asked(base):
             stream=True,
             timeout=60,
         )
-        next(r.iter_lines())  # the first frame arrived: now hang up
-        r.close()
-    wait_state(base, drop, {"cancelled"})
-    assert requests.get(f"{base}/v1/streams/{keep}", headers=ACME).json()["state"] != "cancelled"
-    requests.delete(f"{base}/v1/streams/{keep}", headers=ACME)
+        try:
+            next(r.iter_lines())  # the first frame arrived: now hang up
+        finally:
+            r.close()
+    try:
+        wait_state(base, drop, {"cancelled"})
+        st = requests.get(f"{base}/v1/streams/{keep}", headers=ACME).json()
+        assert st["state"] != "cancelled"
+    finally:  # never leave a long stream holding the module's app
+        for sid in (keep, drop):
+            requests.delete(f"{base}/v1/streams/{sid}", headers=ACME)
 
 
 def test_other_tenant_gets_404_everywhere(base):

@@ -60,7 +60,10 @@ LOCAL_SCHEMES = ("data", "blob", "about", "chrome", "devtools")
 
 @pytest.fixture(scope="module")
 def base(serving):
-    return serving.deploy("ui", "/", scheduler=SCHEDULER)
+    # 96 MiB: admission projects each stream at its full length; the 240-frame stream and the
+    # three 96-frame ones (~64 MB projected) run at once
+    engine = {"kv_cache_memory_bytes": 96 << 20}
+    return serving.deploy("ui", "/", scheduler=SCHEDULER, engine=engine)
 
 
 @pytest.fixture(scope="module")
