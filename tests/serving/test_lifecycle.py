@@ -17,6 +17,8 @@ from conftest import free_port, wait_healthy
 
 from qvg_serve.serve.frames import parse_sse
 
+PROMPT = "a red star moving right on black"  # words the tiny model knows
+
 DRAIN_S = 60  # generous: the 36-frame stream must finish inside it on a loaded CI box
 ARGS = {
     "engine": {"model": "tiny", "device": "cpu", "kv_cache_memory_bytes": 16 << 20},
@@ -100,7 +102,7 @@ def test_sigterm_drains_exits_0_and_leaves_no_process(config, tmp_path):
         assert second.returncode == 2 and f"port {port}" in second.stderr, second.stderr[-2000:]
         assert requests.get(f"{base}/v1/health", timeout=10).status_code == 200  # still serving
 
-        sid = requests.post(f"{base}/v1/streams", json={"prompt": "a red star moving right on black", "frames": 36},
+        sid = requests.post(f"{base}/v1/streams", json={"prompt": PROMPT, "frames": 36},
                             timeout=30).json()["id"]  # fmt: skip
         viewer = requests.get(f"{base}/v1/streams/{sid}/frames", params={"format": "sse"},
                               stream=True, timeout=120)  # fmt: skip
@@ -134,7 +136,7 @@ def wait_refused(base: str, timeout: float = 15) -> requests.Response:
     """The first create answered other than 201 after the signal (tiny creates until then)."""
     end = time.time() + timeout
     while time.time() < end:
-        r = requests.post(f"{base}/v1/streams", json={"prompt": "a red star moving right on black", "frames": 3},
+        r = requests.post(f"{base}/v1/streams", json={"prompt": PROMPT, "frames": 3},
                           timeout=30)  # fmt: skip
         if r.status_code != 201:
             return r
