@@ -38,6 +38,7 @@ from qvg_serve.engine.report import (
     Chunk,
     KVStats,
     ModelFacts,
+    ResumeState,
     StepReport,
     StepStats,
 )
@@ -135,22 +136,40 @@ class Engine:
         priority: int = 1,
         target_fps: float | None = None,
         stream_id: int | None = None,
+        resume: ResumeState | None = None,
     ) -> tuple[int, Admission]:
-        """Queue a stream conditioned on text embeddings [text_len, text_dim]."""
+        """Queue a stream conditioned on text embeddings [text_len, text_dim]; with `resume`,
+        continue one that committed `resume.chunks_done` chunks elsewhere (its cache is
+        rebuilt from their latents before its next chunk)."""
         mc = self.mc
         self._check_text(text)
+        done = 0 if resume is None else self._check_resume(resume)
         sid = next(self._ids) if stream_id is None else stream_id
         spec = StreamSpec(
             sid, tenant, priority, chunks, mc.frames_per_chunk, mc.tokens_per_frame,
             len(mc.timesteps), target_fps, mc.frames_per_latent,
         )  # fmt: skip
-        adm = self.scheduler.submit(spec)
+        adm = self.scheduler.submit(spec, resume_chunks=done)
         if adm.accepted:
             shape = (mc.in_channels, mc.frames_per_chunk, mc.latent_height, mc.latent_width)
-            self.streams[sid] = StreamTensors(
+            st = StreamTensors(
                 text.to(self.device, self._dtype()), sampler.StreamNoise(seed, shape)
             )
+            if resume is not None:
+                st.committed = list(resume.latents.float().cpu().unbind(1))
+            self.streams[sid] = st
         return sid, adm
+
+    def _check_resume(self, resume: ResumeState) -> int:
+        mc = self.mc
+        frames = resume.chunks_done * mc.frames_per_chunk
+        want = (mc.in_channels, frames, mc.latent_height, mc.latent_width)
+        if resume.chunks_done < 1 or tuple(resume.latents.shape) != want:
+            raise ValueError(
+                f"resume.latents must be {want} for resume.chunks_done = {resume.chunks_done} "
+                f"(>= 1), got {tuple(resume.latents.shape)}"
+            )
+        return resume.chunks_done
 
     def cancel(self, stream_id: int, reason: str = "cancelled") -> CancelResult:
         """End a stream now: its pages are freed at once, chunks not yet stepped are never made.
@@ -238,6 +257,7 @@ class Engine:
         start = item.chunk * mc.frames_per_chunk
         if item.kind == DENOISE:
             if item.step == 0 or st.x is None:
+                st.noise.begin(item.chunk)  # chunk k's noise: a function of (seed, k)
                 st.x = sampler.start(st.noise, self.device, self._dtype())
             latents, t = st.x, mc.timesteps[item.step]
             frames = list(range(start, start + mc.frames_per_chunk))
