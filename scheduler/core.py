@@ -42,6 +42,13 @@ class Scheduler(Lifecycle):
         self._lossy_dry = -1  # step whose pool-wide lossy search found nothing (skip repeats)
         self._lossless_done = -1  # step whose pool-wide rungs 1-3 already ran for a commit
 
+    def reconfigure(self, config: SchedulerConfig) -> None:
+        """New tunables from the next `schedule()` on (a live config change, no restart).
+        Every policy part reads the config at decision time, so swapping it is the change;
+        streams keep their pages and sink/window changes apply to later decisions."""
+        self.config = self.ladder.config = self.ops.config = self.book.config = config
+        self._deadline_slots = int(config.max_batch_streams * config.deadline_share)
+
     def schedule(self) -> SchedulerOutput:
         """Decide one engine step. In order:
 

@@ -187,6 +187,19 @@ class Engine:
         st.text = text.to(self.device, self._dtype())
         return True
 
+    def reconfigure(self, scheduler_config: SchedulerConfig) -> None:
+        """New scheduler tunables from the next step on (live streams keep their pages).
+        Raises ValueError if the batch they allow outgrows the preallocated workspace."""
+        if self.cfg.max_batch_kv_tokens is None:
+            need, have = self._default_workspace(scheduler_config), self.ws.kv.shape[1]
+            if need > have:
+                raise ValueError(
+                    f"scheduler.max_batch_streams = {scheduler_config.max_batch_streams} needs "
+                    f"a {need}-token workspace, this engine holds {have}; lower it or restart "
+                    "the replica (a change of args, not of user_config)"
+                )
+        self.scheduler.reconfigure(scheduler_config)
+
     def _check_text(self, text: torch.Tensor) -> None:
         want = (self.mc.text_len, self.mc.text_dim)
         if tuple(text.shape) != want:

@@ -4,7 +4,8 @@ Every client error is a JSON `ErrorBody` {"error": {status, code, field, message
 422 for a body or parameter out of range (field = its path, e.g. "frames"), 400 for a body that
 is not JSON, 401 without a valid API key, 404 for an unknown stream or another tenant's, 409 for
 video.mp4 of a live stream, 413 for a body over server.max_body_bytes, 429 + Retry-After when
-the scheduler refuses. A 5xx is a bug.
+the scheduler refuses, 503 + Retry-After while a stream moves to another replica (its replica
+died or is draining) or no replica answers. Any other 5xx is a bug.
 """
 
 from __future__ import annotations
@@ -13,14 +14,16 @@ import asyncio
 import os
 from typing import Any, Literal
 
-from fastapi import Depends, FastAPI, Query, Request
+from fastapi import Depends, FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from ray.exceptions import RayActorError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from qvg_serve.serve import stream_ids
+from qvg_serve.serve import delivery, stream_ids
 from qvg_serve.serve.config import AppConfig
-from qvg_serve.serve.frames import MJPEG_TYPE, SSE_TYPE
+from qvg_serve.serve.errors import BodyLimit, error_response
+from qvg_serve.serve.frames import MJPEG_TYPE, SSE_TYPE, mp4_from_jpegs
 from qvg_serve.serve.schema import (
     PRIORITIES,
     Action,
@@ -36,7 +39,11 @@ from qvg_serve.serve.schema import (
 )
 from qvg_serve.serve.stream_ids import OWNER_KWARG
 
-ERRORS = {code: {"model": ErrorBody} for code in (400, 401, 404, 409, 413, 422, 429)}
+ERRORS = {code: {"model": ErrorBody} for code in (400, 401, 404, 409, 413, 422, 429, 503)}
+FPS = 16.0
+"""Playback rate of video.mp4 (Self-Forcing's 16 fps)."""
+RECOVERING_RETRY_S = 2
+"""Retry-After while a stream moves to another replica (a beat timeout plus a recompute)."""
 
 
 class ApiError(Exception):
@@ -52,58 +59,9 @@ class ApiError(Exception):
         self.status, self.code, self.field, self.headers = status, code, field, headers
 
 
-def error_response(
-    status: int,
-    code: str,
-    message: str,
-    field: str | None = None,
-    headers: dict[str, str] | None = None,
-) -> JSONResponse:
-    body = {"error": {"status": status, "code": code, "field": field, "message": message}}
-    return JSONResponse(body, status_code=status, headers=headers)
-
-
-class BodyLimit:
-    """ASGI middleware: 413 for a body over `limit` bytes, by Content-Length or as it streams."""
-
-    def __init__(self, app, limit: int, on_reject=None) -> None:
-        self.app, self.limit, self.on_reject = app, limit, on_reject
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        length = dict(scope.get("headers") or []).get(b"content-length")
-        if length is not None and (not length.isdigit() or int(length) > self.limit):
-            return await self._reject(scope, receive, send)
-        body, more = b"", True  # no length given (chunked): read it all, up to the limit
-        while more:
-            msg = await receive()
-            if msg["type"] != "http.request":
-                return await self.app(scope, receive, send)  # disconnected
-            body += msg.get("body", b"")
-            more = msg.get("more_body", False)
-            if len(body) > self.limit:
-                return await self._reject(scope, receive, send)
-        replayed = False
-
-        async def replay():
-            nonlocal replayed
-            if not replayed:
-                replayed = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()
-
-        return await self.app(scope, replay, send)
-
-    async def _reject(self, scope, receive, send):
-        if self.on_reject is not None:
-            self.on_reject("too_large")
-        resp = error_response(413, "too_large", f"request body over {self.limit} bytes", "body")
-        await resp(scope, receive, send)
-
-
-def build_api(cfg: AppConfig, engine, environ=os.environ) -> FastAPI:
-    """The FastAPI app; `engine` is the engine deployment's handle."""
+def build_api(cfg: AppConfig, engine, store, environ=os.environ) -> FastAPI:
+    """The FastAPI app; `engine` is the engine deployment's handle, `store` the stream store
+    actor (store.py): every per-stream request asks it where the stream lives."""
     server = cfg.server
     keys = server.api_keys(environ) if server.auth_enabled() else {}
     app = FastAPI(title="qvg-serve", version="1", description=__doc__, responses=ERRORS)  # type: ignore[arg-type]
@@ -129,18 +87,50 @@ def build_api(cfg: AppConfig, engine, environ=os.environ) -> FastAPI:
             )
         return keys[key]
 
-    def owner(stream_id: str) -> str:
-        rid = stream_ids.owner(stream_id)
-        if not rid:
-            raise ApiError(404, "not_found", f"no stream {stream_id[:80]!r}", "stream_id")
-        return rid
-
-    def call(method: str, stream_id: str, who: str, **kw):
-        kw[OWNER_KWARG] = owner(stream_id)
-        return getattr(engine, method).remote(stream_id, tenant=who, **kw)
-
     def not_found(stream_id: str) -> ApiError:
-        return ApiError(404, "not_found", f"no stream {stream_id!r}", "stream_id")
+        return ApiError(404, "not_found", f"no stream {stream_id[:80]!r}", "stream_id")
+
+    async def route(stream_id: str, who: str) -> dict:
+        """The store's view of a stream (home replica, state); 404 if unknown or foreign."""
+        got = None
+        if stream_ids.owner(stream_id):
+            got = await store.route.remote(stream_id, who)
+        if got is None:
+            raise not_found(stream_id)
+        return got
+
+    async def on_home(method: str, stream_id: str, who: str, where: dict, **kw):
+        """`method` on the stream's home replica; None if it does not run it there now
+        (ended, moved, or the replica died: then the store hears of it at once)."""
+        if where["state"] != "live":
+            return None
+        kw[OWNER_KWARG] = where["home"]
+        try:
+            return await getattr(engine, method).remote(stream_id, tenant=who, **kw)
+        except RayActorError:
+            store.suspect.remote(where["home"])
+            return None
+
+    async def settled(stream_id: str, who: str) -> dict:
+        """The route once the store has the end the engine reported (a moment later)."""
+        where = await route(stream_id, who)
+        for _ in range(200):
+            if where["state"] != "live":
+                return where
+            await asyncio.sleep(0.05)
+            where = await route(stream_id, who)
+        return where
+
+    async def cancel_stream(stream_id: str, who: str) -> dict:
+        where = await route(stream_id, who)
+        if where["state"] == "ended":
+            return {"cancelled": False, "pages_held": 0}
+        got = await on_home("cancel", stream_id, who, where)
+        if got is not None:
+            return got
+        if await store.cancel.remote(stream_id, who):  # re-homing: ends in the store
+            return {"cancelled": True, "pages_held": 0}
+        raise recovering(stream_id)
 
     @app.post("/v1/streams", status_code=201, response_model=Created)
     async def create(body: CreateStream, request: Request, who: str = Depends(tenant)):
@@ -152,13 +142,15 @@ def build_api(cfg: AppConfig, engine, environ=os.environ) -> FastAPI:
                 f"max_frames_per_stream = {server.max_frames_per_stream}",
                 "frames",
             )
-        got = await engine.create.remote(
-            tenant=who,
-            prompt=body.prompt,
-            frames=body.frames,
-            seed=body.seed,
-            priority=PRIORITIES[body.priority],
-            target_fps=body.target_fps,
+        got = await _retrying(
+            lambda: engine.create.remote(
+                tenant=who,
+                prompt=body.prompt,
+                frames=body.frames,
+                seed=body.seed,
+                priority=PRIORITIES[body.priority],
+                target_fps=body.target_fps,
+            )
         )
         if not got["accepted"]:
             raise _refused(got)
@@ -166,10 +158,13 @@ def build_api(cfg: AppConfig, engine, environ=os.environ) -> FastAPI:
 
     @app.get("/v1/streams/{stream_id}", response_model=StreamStatus)
     async def status(stream_id: str, who: str = Depends(tenant)):
-        got = await call("status", stream_id, who)
-        if got is None:
-            raise not_found(stream_id)
-        return got
+        where = await route(stream_id, who)
+        snap = await on_home("status", stream_id, who, where)
+        if snap is not None and snap["end_reason"] is not None:
+            where, snap = await settled(stream_id, who), None
+        elif snap is None and where["state"] == "live":
+            where = await route(stream_id, who)  # moved or ended meanwhile
+        return _status(stream_id, where, snap)
 
     @app.get(
         "/v1/streams/{stream_id}/frames",
@@ -182,14 +177,15 @@ def build_api(cfg: AppConfig, engine, environ=os.environ) -> FastAPI:
         format: Literal["mjpeg", "sse"] = "mjpeg",
         start: int = Query(0, ge=0, le=10**9, description="First frame to send."),
         cancel_on_disconnect: bool = False,
+        last_event_id: str | None = Header(
+            None, description="SSE reconnect: frames after this index (the events' `id:`)."
+        ),
     ):
-        if await call("status", stream_id, who) is None:
-            raise not_found(stream_id)
-        gen = engine.options(stream=True).frames.remote(
-            stream_id, tenant=who, fmt=format, start=start, **{OWNER_KWARG: owner(stream_id)}
-        )
+        await route(stream_id, who)
+        first = delivery.resume_from(start, last_event_id)
+        gen = delivery.relay(store, stream_id, who, format, first)
         media = MJPEG_TYPE if format == "mjpeg" else SSE_TYPE
-        body = _relay(gen, lambda: call("cancel", stream_id, who) if cancel_on_disconnect else None)
+        body = _relay(gen, lambda: cancel_stream(stream_id, who) if cancel_on_disconnect else None)
         return StreamingResponse(body, media_type=media, headers={"Cache-Control": "no-store"})
 
     @app.get(
@@ -198,22 +194,30 @@ def build_api(cfg: AppConfig, engine, environ=os.environ) -> FastAPI:
         responses={200: {"content": {"video/mp4": {}}}},
     )
     async def video(stream_id: str, who: str = Depends(tenant)):
-        got = await call("video", stream_id, who)
-        if got is None:
-            raise not_found(stream_id)
-        if got == "running":
+        where = await route(stream_id, who)
+        if where["state"] != "ended":
             raise ApiError(
                 409, "not_done", "the stream is still generating; poll its status", "stream_id"
             )
-        if got == "empty":
+        if where["frames_done"] == 0:
             raise ApiError(409, "no_frames", "the stream ended without frames", "stream_id")
-        return Response(got, media_type="video/mp4")
+        cached = await store.video.remote(stream_id, who)
+        if cached is not None:
+            return Response(await cached, media_type="video/mp4")
+        jpegs = await delivery.all_jpegs(store, stream_id, who)
+        mp4 = await asyncio.to_thread(mp4_from_jpegs, jpegs, FPS)
+        store.put_video.remote(stream_id, mp4)
+        return Response(mp4, media_type="video/mp4")
 
     @app.post("/v1/streams/{stream_id}/actions", response_model=ActionResult)
     async def act(stream_id: str, body: Action, who: str = Depends(tenant)):
-        got = await call("act", stream_id, who, prompt=body.prompt)
+        where = await route(stream_id, who)
+        got = await on_home("act", stream_id, who, where, prompt=body.prompt)
         if got is None:
-            raise not_found(stream_id)
+            where = await route(stream_id, who)
+            if where["state"] != "ended":
+                raise recovering(stream_id)
+            got = False
         if isinstance(got, str):
             raise ApiError(422, "invalid", f"prompt: {got}", "prompt")
         detail = "applied from the next chunk boundary" if got else "the stream has ended"
@@ -223,14 +227,11 @@ def build_api(cfg: AppConfig, engine, environ=os.environ) -> FastAPI:
 
     @app.delete("/v1/streams/{stream_id}", response_model=Cancelled)
     async def cancel(stream_id: str, who: str = Depends(tenant)):
-        got = await call("cancel", stream_id, who)
-        if got is None:
-            raise not_found(stream_id)
-        return Cancelled(id=stream_id, **got)
+        return Cancelled(id=stream_id, **await cancel_stream(stream_id, who))
 
     @app.get("/v1/health", response_model=Health)
     async def health():
-        got = await engine.health.remote()
+        got = await _retrying(lambda: engine.health.remote())
         return Health(status="ok", replica=got["replica"])
 
     @app.get("/v1/capacity", response_model=Capacity)
@@ -248,8 +249,62 @@ def build_api(cfg: AppConfig, engine, environ=os.environ) -> FastAPI:
     return app
 
 
+def recovering(stream_id: str) -> ApiError:
+    return ApiError(
+        503,
+        "recovering",
+        f"stream {stream_id!r} is moving to another replica (its replica stopped); retry",
+        "stream_id",
+        {"Retry-After": str(RECOVERING_RETRY_S)},
+    )
+
+
+async def _retrying(call, tries: int = 4):
+    """A call to any engine replica, again on another if the one picked died (Serve drops a
+    dead replica from the router within seconds); 503 + Retry-After if none answers."""
+    for attempt in range(tries):
+        try:
+            return await call()
+        except RayActorError:
+            if attempt == tries - 1:
+                break
+            await asyncio.sleep(0.5 * (attempt + 1))
+    raise ApiError(
+        503,
+        "unavailable",
+        "no engine replica answered; retry",
+        None,
+        {"Retry-After": str(RECOVERING_RETRY_S)},
+    )
+
+
+def _status(stream_id: str, where: dict, snap: dict | None) -> JSONResponse | dict:
+    """Status from the engine's snapshot while the stream runs, else from the store."""
+    body = {**_EMPTY, **(snap or where["final"] or {})}
+    body.update(
+        id=stream_id,
+        prompt=where["prompt"],
+        frames_done=where["frames_done"],
+        frames_wanted=where["frames_wanted"],
+    )
+    if snap is None and where["state"] == "recovering":
+        body.update(state="recovering", chunks_done=where["chunks_done"], pages={}, bytes={})
+        return JSONResponse(body, headers={"Retry-After": str(RECOVERING_RETRY_S)})
+    if where["state"] == "ended":
+        reason = where["end_reason"]
+        body["end_reason"] = reason
+        if where["final"] is None:
+            body["state"] = _END_STATE.get(reason, "failed")
+    return body
+
+
+_EMPTY = {"state": "unknown", "chunks_done": 0, "pages": {}, "bytes": {}, "degraded": False,
+          "preemptions": 0, "history": [], "end_reason": None}  # fmt: skip
+_END_STATE = {"completed": "finished", "closed": "finished", "cancelled": "cancelled"}
+
+
 async def _relay(gen, on_disconnect):
-    """Forward the replica's parts; if the client goes away, optionally cancel the stream."""
+    """Forward the store's frames; if the client goes away, optionally cancel the stream."""
     finished = False
     try:
         async for part in gen:
@@ -257,10 +312,13 @@ async def _relay(gen, on_disconnect):
         finished = True
     finally:
         if not finished:
-            gen.cancel()
-            ref = on_disconnect()
-            if ref is not None:
-                await asyncio.shield(ref)
+            await gen.aclose()
+            pending = on_disconnect()
+            if pending is not None:
+                try:
+                    await asyncio.shield(pending)
+                except ApiError:  # re-homing: the store cancels it on the next try
+                    pass
 
 
 def _refused(got: dict[str, Any]) -> ApiError:

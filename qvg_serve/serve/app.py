@@ -35,6 +35,7 @@ from ray.serve.config import RequestRouterConfig
 
 from qvg_serve.serve.config import AppConfig
 from qvg_serve.serve.replica import EngineReplica
+from qvg_serve.serve.store import get_store
 
 INGRESS_NAME = "QVGIngress"
 INGRESS_MAX_ONGOING = 4096  # every open frames connection holds one; the ingress only relays
@@ -49,11 +50,14 @@ class QVGIngress:
 
     def __init__(self, args: dict[str, Any], engine) -> None:
         self.cfg, self.engine = AppConfig.from_args(args), engine
+        dur = self.cfg.durability
+        app = serve.get_replica_context().app_name
+        self.store = get_store(app, dur.heartbeat_s, dur.dead_after_s, dur.retention_s)
 
     def __serve_build_asgi_app__(self):
         from qvg_serve.serve.api import build_api
 
-        return build_api(self.cfg, self.engine)
+        return build_api(self.cfg, self.engine, self.store)
 
 
 def build_app(args: dict[str, Any] | None = None) -> serve.Application:
@@ -63,10 +67,23 @@ def build_app(args: dict[str, Any] | None = None) -> serve.Application:
     except ValidationError as exc:
         raise ValueError(f"qvg-serve config (build_app args) is invalid:\n{exc}") from None
     plain = cfg.model_dump(mode="json")
+    # What each deployment is constructed with: a change of these replaces its replicas. The
+    # scheduler's tunables travel as user_config (reconfigure() in place), the deployment's
+    # settings as Serve options (replica count, autoscaling, max_ongoing_requests: in place).
+    actor = plain["deployment"]["ray_actor_options"]
+    engine_args = {**_sections(plain, "engine", "server", "durability"),
+                   "deployment": {"ray_actor_options": actor}}  # fmt: skip
+    ingress_args = _sections(plain, "server", "durability")
     router = RequestRouterConfig(request_router_class="qvg_serve.serve.router:StreamRouter")
     engine = serve.deployment(EngineReplica).options(
         **cfg.deployment.serve_options(),
         request_router_config=router,
         health_check_period_s=10,
+        graceful_shutdown_timeout_s=cfg.durability.drain_timeout_s,
+        user_config={"scheduler": plain["scheduler"]},
     )
-    return QVGIngress.bind(plain, engine.bind(plain))
+    return QVGIngress.bind(ingress_args, engine.bind(engine_args))
+
+
+def _sections(plain: dict[str, Any], *names: str) -> dict[str, Any]:
+    return {name: plain[name] for name in names}
