@@ -17,12 +17,11 @@ from typing import Any, Literal
 from fastapi import Depends, FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-from ray.exceptions import RayActorError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from qvg_serve.serve import delivery, stream_ids
 from qvg_serve.serve.config import AppConfig
-from qvg_serve.serve.errors import BodyLimit, error_response
+from qvg_serve.serve.errors import BodyLimit, actor_died, error_response
 from qvg_serve.serve.frames import MJPEG_TYPE, SSE_TYPE, mp4_from_jpegs
 from qvg_serve.serve.schema import (
     PRIORITIES,
@@ -107,7 +106,9 @@ def build_api(cfg: AppConfig, engine, store, environ=os.environ) -> FastAPI:
         kw[OWNER_KWARG] = where["home"]
         try:
             return await getattr(engine, method).remote(stream_id, tenant=who, **kw)
-        except RayActorError:
+        except Exception as exc:
+            if not actor_died(exc):
+                raise
             store.suspect.remote(where["home"])
             return None
 
@@ -265,10 +266,11 @@ async def _retrying(call, tries: int = 4):
     for attempt in range(tries):
         try:
             return await call()
-        except RayActorError:
-            if attempt == tries - 1:
-                break
-            await asyncio.sleep(0.5 * (attempt + 1))
+        except Exception as exc:
+            if not actor_died(exc):
+                raise
+            if attempt < tries - 1:
+                await asyncio.sleep(0.5 * (attempt + 1))
     raise ApiError(
         503,
         "unavailable",

@@ -20,8 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from ray.exceptions import RayActorError
-
+from qvg_serve.serve.errors import actor_died
 from qvg_serve.serve.frames import jpeg_size, mjpeg_end, mjpeg_part, sse_event, sse_frame
 
 log = logging.getLogger("qvg_serve.serve.delivery")
@@ -49,7 +48,9 @@ async def relay(store, pid: str, tenant: str, fmt: str, start: int):
     while True:
         try:
             got = await store.frames.remote(pid, tenant, i, POLL_S)
-        except RayActorError:
+        except Exception as exc:
+            if not actor_died(exc):
+                raise
             log.warning("stream store unreachable while sending %s", pid, exc_info=True)
             if sse:
                 yield f"retry: {RETRY_MS}\n".encode() + sse_event("reconnect", {"next": i})

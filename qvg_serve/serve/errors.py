@@ -5,6 +5,14 @@ from __future__ import annotations
 from fastapi.responses import JSONResponse
 
 
+def actor_died(exc: BaseException) -> bool:
+    """Whether `exc` is Ray's RayActorError (or a subclass: ActorDiedError, ActorUnavailable-
+    Error), recognised by its class names so the API module needs no Ray import."""
+    return any(
+        c.__name__ == "RayActorError" and c.__module__.startswith("ray.") for c in type(exc).__mro__
+    )
+
+
 def error_response(
     status: int,
     code: str,
