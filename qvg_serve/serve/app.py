@@ -4,7 +4,8 @@
                                   |  DeploymentHandle + StreamRouter (routing.py)
                                   v
                              QVGEngine replica 1..N  (deployment.name; one per GPU:
-                               Engine + engine thread + frame buffers + Metrics)
+                               Engine + engine thread + heartbeat + Metrics)
+                             StreamStore (store.py, head node): durable state, frames
 
 Where a stream lives, and why this layout. A stream's KV pages, latents and frames are in one
 replica's memory, so every request for it must reach that replica. The replica that creates a
@@ -18,11 +19,13 @@ replica. Alternatives considered:
     Serve autoscaling and the chart's one `deployments:` entry (deployment.name), and a
     config change renames deployments.
 The router keeps one engine deployment (autoscaling, `num_replicas`, `ray_actor_options` all
-apply as in the chart), waits on a busy owner rather than falling back, and a replica that is
-gone answers 404 (its streams died with it: state is not replicated).
+apply as in the chart) and waits on a busy owner rather than falling back. Where a stream
+lives is the stream store's answer (store.py): it keeps every stream's durable state off the
+replicas and re-homes the streams of a replica that dies or drains; the ingress asks it before
+every per-stream call and reads frames from it (delivery.py), never from a replica.
 
 The engine loop is a thread inside each replica (engine_loop.py): HTTP handlers only await
-futures, frames travel as JPEGs through per-stream buffers (replica.py).
+futures; chunks go to the store from the replica's encoder thread (durable.py).
 """
 
 from __future__ import annotations

@@ -215,8 +215,8 @@ class ActorOptions(_Strict):
 
 
 class AutoscalingSettings(_Strict):
-    """Serve autoscaling of engine replicas. A stream lives on one replica, so a replica that
-    scales down drains its open requests first (graceful shutdown) and loses resident streams."""
+    """Serve autoscaling of engine replicas. A replica that scales down hands its streams to the
+    others in its graceful shutdown (durability.drain_timeout_s); they continue there."""
 
     min_replicas: int = Field(1, ge=0, description="Fewest replicas (0 = scale to zero).")
     max_replicas: int = Field(1, ge=1, description="Most replicas (one per GPU in the cluster).")
