@@ -149,26 +149,27 @@ class Homing:
         resume = None
         if done:
             parts = ray.get(info["latents"], timeout=CALL_TIMEOUT_S)
-            resume = ResumeState(torch.cat([torch.from_numpy(p) for p in parts], 1), done)
+            resume = ResumeState(torch.cat([torch.tensor(p) for p in parts], 1), done)  # copies
         text = self.encode_text(info["prompt"])
         loc = Local(pid, -1, info["tenant"], info["frames"], info["frames_done"])
 
-        def submit():
-            sid, adm = self.engine.submit(
+        def submit():  # engine thread: tracked and reported adopted in one go, even if
+            sid, adm = self.engine.submit(  # the heartbeat thread stops waiting for it
                 text, chunks=chunks, seed=info["seed"], tenant=info["tenant"],
                 priority=info["priority"], target_fps=info["target_fps"], resume=resume,
             )  # fmt: skip
-            if adm.accepted:
-                loc.sid = sid
-                self.track(loc)
-                self.loop.submitted(sid)
-            return adm
+            if not adm.accepted:
+                return adm, None
+            loc.sid = sid
+            self.track(loc)
+            self.loop.submitted(sid)
+            return adm, self.store.adopted.remote(pid, self.replica, sid)
 
-        adm = self.loop.call(submit).result(timeout=CALL_TIMEOUT_S)
-        if not adm.accepted:  # e.g. no KV room now: assigned here still, retried next beat
+        adm, ref = self.loop.call(submit).result(timeout=CALL_TIMEOUT_S)
+        if ref is None:  # e.g. no KV room now: assigned here still, retried next beat
             log.warning("adopting %s refused (%s); retrying", pid, adm.reason)
             return
-        if not ray.get(self.store.adopted.remote(pid, self.replica, loc.sid)):
+        if not ray.get(ref, timeout=CALL_TIMEOUT_S):
             self._drop(pid)  # cancelled or moved meanwhile
         log.info("adopted %s at chunk %d of %d", pid, done, chunks)
 
