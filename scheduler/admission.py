@@ -33,13 +33,18 @@ class Footprints:
         codebook_bytes: dict[str, int],
         arena_bytes: int,
     ) -> None:
-        self.config = config
+        self.page_bytes, self.codebook_bytes, self.arena = page_bytes, codebook_bytes, arena_bytes
         self.bf16 = page_bytes[Format.BF16]
-        self.deep = page_bytes.get(config.deep_format, self.bf16)
-        self.codebook = codebook_bytes.get(config.deep_format, 0)
-        self.limit = int(config.admit_headroom * arena_bytes)
         self.of: dict[int, int] = {}
         self.total = 0
+        self.retune(config)
+
+    def retune(self, config: SchedulerConfig) -> None:
+        """Take new tunables (live reconfigure): admitted streams keep their projections."""
+        self.config = config
+        self.deep = self.page_bytes.get(config.deep_format, self.bf16)
+        self.codebook = self.codebook_bytes.get(config.deep_format, 0)
+        self.limit = int(config.admit_headroom * self.arena)
         # admission waits on projections under the eager policy (pressure: round 1's rule)
         self.gate = config.encode_policy == EncodePolicy.EAGER
 

@@ -77,9 +77,10 @@ class Scheduler:
 
     # -- client actions (the lifecycle makes the transitions, at the last step) ----------------
 
-    def submit(self, spec: StreamSpec) -> Admission:
-        """Queue a new stream, or reject it with a reason (the API's 429 + Retry-After)."""
-        return self.lifecycle.submit(spec, self.step, self.refusing)
+    def submit(self, spec: StreamSpec, resume_chunks: int = 0) -> Admission:
+        """Queue a new stream, or reject it with a reason (the API's 429 + Retry-After).
+        `resume_chunks` > 0: it committed that many chunks elsewhere (see Lifecycle.submit)."""
+        return self.lifecycle.submit(spec, self.step, self.refusing, resume_chunks)
 
     def cancel(self, stream_id: int, reason: str = EndReason.CANCELLED) -> bool:
         """End a stream now and free its pages; False if it is unknown or already ended."""
@@ -120,6 +121,18 @@ class Scheduler:
     def n_waiting(self) -> int:
         """Streams submitted and not yet admitted."""
         return self.lifecycle.n_waiting
+
+    def reconfigure(self, config: SchedulerConfig) -> None:
+        """New tunables from the next `schedule()` on (a live config change, no restart).
+        Every policy part reads the config at decision time, so swapping it is the change
+        (values derived from it are recomputed); streams keep their pages and projections,
+        and sink/window changes apply to later decisions."""
+        for part in (self, self.book, self.ops, self.ladder, self.lifecycle, self.room):
+            part.config = config
+        self.room.retune(config)
+        self.footprints.retune(config)
+        self._reserve = config.encode_policy == EncodePolicy.EAGER
+        self._deadline_slots = int(config.max_batch_streams * config.deadline_share)
 
     # -- one step ------------------------------------------------------------------------------
 

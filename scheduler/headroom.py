@@ -39,8 +39,13 @@ class Headroom:
         self.admitted = admitted
         self.arena = arena_bytes
         self.bf16 = ops.page_bytes[Format.BF16]
-        self.deep = ops.page_bytes.get(config.deep_format, self.bf16)
-        self.codebook = ops.codebook_bytes.get(config.deep_format, 0)
+        self.retune(config)
+
+    def retune(self, config: SchedulerConfig) -> None:
+        """Take new tunables (live reconfigure)."""
+        self.config = config
+        self.deep = self.ops.page_bytes.get(config.deep_format, self.bf16)
+        self.codebook = self.ops.codebook_bytes.get(config.deep_format, 0)
 
     def at_deep(self, s: Stream) -> int:
         """GPU bytes `s` holds once its middle history is at the deep format."""

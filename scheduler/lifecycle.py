@@ -70,9 +70,20 @@ class Lifecycle:
 
     # -- client actions ------------------------------------------------------------------------
 
-    def submit(self, spec: StreamSpec, step: int, refusing: bool) -> Admission:
-        """Queue a new stream, or reject it with a reason (the API's 429 + Retry-After)."""
+    def submit(
+        self, spec: StreamSpec, step: int, refusing: bool, resume_chunks: int = 0
+    ) -> Admission:
+        """Queue a new stream, or reject it with a reason (the API's 429 + Retry-After).
+
+        `resume_chunks` > 0: the stream already committed that many chunks elsewhere (another
+        engine, before a failure or a drain); it starts at that chunk after rebuilding its
+        cache from their latents, like a stream preempted by dropping (sink + window pages)."""
         cfg = self.config
+        if not 0 <= resume_chunks < (spec.target_chunks or resume_chunks + 1):
+            raise ValueError(
+                f"resume_chunks = {resume_chunks}; use 0 <= resume_chunks < target_chunks "
+                f"({spec.target_chunks}): a stream with every chunk committed is finished"
+            )
         if spec.stream_id in self.streams or spec.stream_id in self.ended:
             return Admission(False, RejectReason.DUPLICATE)
         least = cfg.sink_pages + cfg.window_pages + spec.pages_per_chunk
@@ -90,10 +101,21 @@ class Lifecycle:
         self._seq += 1
         s = Stream(spec, self._seq)
         s.record(step, Event.SUBMITTED)
+        if resume_chunks:
+            self._resume_from(s, resume_chunks, step)
         self.streams[spec.stream_id] = s
         heapq.heappush(self._waiting, (-spec.priority, s.seq, s))
         self.n_waiting += 1
         return Admission(True)
+
+    def _resume_from(self, s: Stream, chunks: int, step: int) -> None:
+        n = chunks * s.spec.pages_per_chunk
+        keep = min(n, self.config.sink_pages + self.config.window_pages)
+        s.chunk, s.rebuild, s.dropped_pages = chunks, keep, n - keep
+        s.flags.add(Flag.RECOMPUTE)
+        if n > keep:
+            s.flags.add(Flag.DEGRADED)
+        s.record(step, Event.RESTORE, f"resumed at chunk {chunks}, rebuild {keep} pages")
 
     def stop(self, stream_id: int, state: StreamState, reason: str, step: int) -> bool:
         """End a live stream now (cancel, close); False if it is unknown or already ended."""

@@ -6,7 +6,15 @@ engine only through `Engine`'s public methods and the types named here.
 
 from qvg_serve.engine.config import EngineConfig
 from qvg_serve.engine.engine import Engine
-from qvg_serve.engine.report import CancelResult, Chunk, KVStats, ModelFacts, StepReport, StepStats
+from qvg_serve.engine.report import (
+    CancelResult,
+    Chunk,
+    KVStats,
+    ModelFacts,
+    ResumeState,
+    StepReport,
+    StepStats,
+)
 from qvg_serve.engine.runtime import Runtime, load_runtime
 
 __all__ = [
@@ -16,6 +24,7 @@ __all__ = [
     "EngineConfig",
     "KVStats",
     "ModelFacts",
+    "ResumeState",
     "Runtime",
     "StepReport",
     "StepStats",

@@ -38,6 +38,7 @@ from qvg_serve.engine.report import (
     Chunk,
     KVStats,
     ModelFacts,
+    ResumeState,
     StepReport,
     StepStats,
 )
@@ -135,18 +136,25 @@ class Engine:
         priority: int = 1,
         target_fps: float | None = None,
         stream_id: int | None = None,
+        resume: ResumeState | None = None,
     ) -> tuple[int, Admission]:
-        """Queue a stream conditioned on text embeddings [text_len, text_dim]."""
+        """Queue a stream conditioned on text embeddings [text_len, text_dim]; with `resume`,
+        continue one that committed `resume.chunks_done` chunks elsewhere (its cache is
+        rebuilt from their latents before its next chunk)."""
         mc = self.mc
         self._check_text(text)
+        done = 0 if resume is None else self._check_resume(resume)
         sid = next(self._ids) if stream_id is None else stream_id
         spec = self._spec(sid, chunks, tenant, priority, target_fps)
-        adm = self.scheduler.submit(spec)
+        adm = self.scheduler.submit(spec, resume_chunks=done)
         if adm.accepted:
             shape = (mc.in_channels, mc.frames_per_chunk, mc.latent_height, mc.latent_width)
-            self.streams[sid] = StreamTensors(
+            st = StreamTensors(
                 text.to(self.device, self._dtype()), sampler.StreamNoise(seed, shape)
             )
+            if resume is not None:
+                st.committed = list(resume.latents.float().cpu().unbind(1))
+            self.streams[sid] = st
         return sid, adm
 
     def _spec(
@@ -163,6 +171,17 @@ class Engine:
             len(mc.timesteps), target_fps, mc.frames_per_latent,
         )  # fmt: skip
 
+    def _check_resume(self, resume: ResumeState) -> int:
+        mc = self.mc
+        frames = resume.chunks_done * mc.frames_per_chunk
+        want = (mc.in_channels, frames, mc.latent_height, mc.latent_width)
+        if resume.chunks_done < 1 or tuple(resume.latents.shape) != want:
+            raise ValueError(
+                f"resume.latents must be {want} for resume.chunks_done = {resume.chunks_done} "
+                f"(>= 1), got {tuple(resume.latents.shape)}"
+            )
+        return resume.chunks_done
+
     def cancel(self, stream_id: int, reason: str = "cancelled") -> CancelResult:
         """End a stream now: its pages are freed at once, chunks not yet stepped are never made.
         Its end (with `reason`) is reported by the next `step()`'s `ended`, like any end."""
@@ -178,6 +197,19 @@ class Engine:
             return False
         st.text = text.to(self.device, self._dtype())
         return True
+
+    def reconfigure(self, scheduler_config: SchedulerConfig) -> None:
+        """New scheduler tunables from the next step on (live streams keep their pages).
+        Raises ValueError if the batch they allow outgrows the preallocated workspace."""
+        if self.cfg.max_batch_kv_tokens is None:
+            need, have = self._default_workspace(scheduler_config), self.ws.kv.shape[1]
+            if need > have:
+                raise ValueError(
+                    f"scheduler.max_batch_streams = {scheduler_config.max_batch_streams} needs "
+                    f"a {need}-token workspace, this engine holds {have}; lower it or restart "
+                    "the replica (a change of args, not of user_config)"
+                )
+        self.scheduler.reconfigure(scheduler_config)
 
     def _check_text(self, text: torch.Tensor) -> None:
         want = (self.mc.text_len, self.mc.text_dim)
@@ -249,6 +281,7 @@ class Engine:
         start = item.chunk * mc.frames_per_chunk
         if item.kind == DENOISE:
             if item.step == 0 or st.x is None:
+                st.noise.begin(item.chunk)  # chunk k's noise: a function of (seed, k)
                 st.x = sampler.start(st.noise, self.device, self._dtype())
             latents, t = st.x, mc.timesteps[item.step]
             frames = list(range(start, start + mc.frames_per_chunk))

@@ -85,3 +85,15 @@ class ModelFacts(NamedTuple):
     layers: int
     text_shape: tuple[int, int]
     """(text_len, text_dim) of the conditioning `submit` and `set_text` take."""
+
+
+class ResumeState(NamedTuple):
+    """What a stream committed elsewhere (another replica, before a failure or a drain):
+    `Engine.submit(..., resume=)` continues it from chunk `chunks_done` with the same seed.
+    The noise of chunk k is a function of (seed, k) (sampler.StreamNoise), so no noise state
+    travels; the cache is rebuilt from `latents` by the scheduler's recompute pass."""
+
+    latents: torch.Tensor
+    """Clean committed latents [C, chunks_done * latent frames per chunk, h, w] (any device)."""
+    chunks_done: int
+    """Chunks already committed (and delivered); the stream's next chunk has this index."""

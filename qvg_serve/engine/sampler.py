@@ -6,8 +6,10 @@ schedule of Wan's flow matching). A model predicts the flow v = noise - x0 at x_
 re-noises it with fresh noise to the next timestep. After the last step the clean estimate is
 the chunk: the commit pass runs the model on it at t = 0 to write its K/V.
 
-Noise comes from each stream's own seeded generator (CPU, then moved), drawn in a fixed order
-(chunk by chunk, step by step), so a stream's video does not depend on what it is batched with.
+Noise comes from each stream's own seeded generator (CPU, then moved), reseeded at the start of
+every chunk from (seed, chunk) and drawn in a fixed order within it (step by step): a stream's
+video does not depend on what it is batched with, and a stream resumed at chunk k on another
+replica draws exactly the noise it would have drawn without the interruption.
 """
 
 from __future__ import annotations
@@ -21,12 +23,32 @@ def sigma(t: float, shift: float) -> float:
     return shift * s / (1.0 + (shift - 1.0) * s)
 
 
+_MASK64 = (1 << 64) - 1
+
+
+def chunk_seed(seed: int, chunk: int) -> int:
+    """The generator seed of `chunk` of a stream seeded `seed`: `seed` itself for chunk 0, a
+    SplitMix64 mix of (seed, chunk) after it (neighbouring chunks and seeds stay unrelated)."""
+    if chunk == 0:
+        return seed
+    z = (seed * 0x9E3779B97F4A7C15 + chunk * 0xBF58476D1CE4E5B9) & _MASK64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return (z ^ (z >> 31)) >> 1  # torch seeds are < 2**63
+
+
 class StreamNoise:
-    """A stream's reproducible noise source."""
+    """A stream's reproducible noise source: a function of (seed, chunk) once `begin(chunk)`
+    is called at each chunk's first draw (the engine does); without it, one sequence."""
 
     def __init__(self, seed: int, shape: tuple[int, ...]) -> None:
+        self.seed = seed
         self.gen = torch.Generator().manual_seed(seed)
         self.shape = shape
+
+    def begin(self, chunk: int) -> None:
+        """Reseed for `chunk`: its draws no longer depend on the chunks drawn before it."""
+        self.gen.manual_seed(chunk_seed(self.seed, chunk))
 
     def draw(self, device, dtype) -> torch.Tensor:
         return torch.randn(self.shape, generator=self.gen).to(device=device, dtype=dtype)

@@ -4,29 +4,34 @@ Every client error is a JSON `ErrorBody` {"error": {status, code, field, message
 422 for a body or parameter out of range (field = its path, e.g. "frames"), 400 for a body that
 is not JSON, 401 without a valid API key, 404 for an unknown stream or another tenant's, 409 for
 video.mp4 of a live stream, 413 for a body over server.max_body_bytes, 429 + Retry-After when
-the scheduler refuses, 503 + Retry-After while the server drains (SIGTERM). Any other 5xx is
-a bug. Auth (auth.py): 400 `key_in_url` for a key in a query string, 403 `csrf` for a
-state-changing request on the session cookie without X-QVG-CSRF: 1.
+the scheduler refuses, 503 + Retry-After while the server drains (SIGTERM), while a stream
+moves to another replica (its replica died or is draining: `recovering`) or when no engine
+replica answers (`unavailable`). Any other 5xx is a bug. Auth (auth.py): 400 `key_in_url` for
+a key in a query string, 403 `csrf` for a state-changing request on the session cookie
+without X-QVG-CSRF: 1.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 from typing import Any, Literal
 
-from fastapi import Depends, FastAPI, Query, Request
+from fastapi import Depends, FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import Response, StreamingResponse
 from fastapi_offline import FastAPIOffline
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from qvg_serve.serve import fanout, stream_ids
+from qvg_serve.serve import delivery, fanout, stream_ids
 from qvg_serve.serve.auth import AuthError, Guard, Sessions, session_secret
 from qvg_serve.serve.config import AppConfig
 from qvg_serve.serve.disconnect import detached
 from qvg_serve.serve.drain import Draining
-from qvg_serve.serve.frames import MJPEG_TYPE, SSE_TYPE
+from qvg_serve.serve.errors import ApiError, BodyLimit, error_response
+from qvg_serve.serve.frames import MJPEG_TYPE, SSE_TYPE, mp4_from_jpegs
+from qvg_serve.serve.homes import Homes, recovering, retrying
 from qvg_serve.serve.keys import KeyTable, resolve_auth
 from qvg_serve.serve.schema import (
     PRIORITIES,
@@ -41,80 +46,22 @@ from qvg_serve.serve.schema import (
     StreamStatus,
     StreamUrls,
 )
-from qvg_serve.serve.stream_ids import AVOID_KWARG, OWNER_KWARG
+from qvg_serve.serve.stream_ids import AVOID_KWARG
 
 ERRORS = {code: {"model": ErrorBody} for code in (400, 401, 403, 404, 409, 413, 422, 429, 503)}
 log = logging.getLogger("qvg_serve.serve.api")
 RETRYABLE = ("kv_pressure", "queue_full")
 """Refusals another replica may not give: retried there before the client sees a 429."""
+FPS = 16.0
+"""Playback rate of video.mp4 (Self-Forcing's 16 fps)."""
 
 
-class ApiError(Exception):
-    def __init__(
-        self,
-        status: int,
-        code: str,
-        message: str,
-        field: str | None = None,
-        headers: dict[str, str] | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.status, self.code, self.field, self.headers = status, code, field, headers
-
-
-def error_response(
-    status: int,
-    code: str,
-    message: str,
-    field: str | None = None,
-    headers: dict[str, str] | None = None,
-) -> JSONResponse:
-    body = {"error": {"status": status, "code": code, "field": field, "message": message}}
-    return JSONResponse(body, status_code=status, headers=headers)
-
-
-class BodyLimit:
-    """ASGI middleware: 413 for a body over `limit` bytes, by Content-Length or as it streams."""
-
-    def __init__(self, app, limit: int, on_reject=None) -> None:
-        self.app, self.limit, self.on_reject = app, limit, on_reject
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        length = dict(scope.get("headers") or []).get(b"content-length")
-        if length is not None and (not length.isdigit() or int(length) > self.limit):
-            return await self._reject(scope, receive, send)
-        body, more = b"", True  # no length given (chunked): read it all, up to the limit
-        while more:
-            msg = await receive()
-            if msg["type"] != "http.request":
-                return await self.app(scope, receive, send)  # disconnected
-            body += msg.get("body", b"")
-            more = msg.get("more_body", False)
-            if len(body) > self.limit:
-                return await self._reject(scope, receive, send)
-        replayed = False
-
-        async def replay():
-            nonlocal replayed
-            if not replayed:
-                replayed = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()
-
-        return await self.app(scope, replay, send)
-
-    async def _reject(self, scope, receive, send):
-        if self.on_reject is not None:
-            self.on_reject("too_large")
-        resp = error_response(413, "too_large", f"request body over {self.limit} bytes", "body")
-        await resp(scope, receive, send)
-
-
-def build_api(cfg: AppConfig, engine, environ=os.environ, drain: Draining | None = None) -> FastAPI:
-    """The FastAPI app; `engine` is the engine deployment's handle; `drain` is the ingress's
-    drain switch (app.py flips it on SIGTERM: new streams get 503)."""
+def build_api(
+    cfg: AppConfig, engine, store, environ=os.environ, drain: Draining | None = None
+) -> FastAPI:
+    """The FastAPI app; `engine` is the engine deployment's handle, `store` the stream store
+    actor (store.py: every per-stream request asks it where the stream lives); `drain` is the
+    ingress's drain switch (app.py flips it on SIGTERM: new streams get 503)."""
     server = cfg.server
     auth_on, warnings = resolve_auth(server, environ)  # ValueError: on, but no key anywhere
     for line in warnings:
@@ -150,22 +97,15 @@ def build_api(cfg: AppConfig, engine, environ=os.environ, drain: Draining | None
         except AuthError as exc:
             raise ApiError(exc.status, exc.code, str(exc), exc.field) from None
 
-    def owner(stream_id: str) -> str:
-        rid = stream_ids.owner(stream_id)
-        if not rid:
-            raise ApiError(404, "not_found", f"no stream {stream_id[:80]!r}", "stream_id")
-        return rid
-
-    def call(method: str, stream_id: str, who: str, **kw):
-        kw[OWNER_KWARG] = owner(stream_id)
-        return getattr(engine, method).remote(stream_id, tenant=who, **kw)
+    homes = Homes(engine, store)
 
     async def place(**kw) -> dict[str, Any]:
         """engine.create, retried on another replica after a kv_pressure / queue_full refusal
         (the router leaves out the replicas in `avoid`; placement.py)."""
         tried: list[str] = []
         while True:
-            got = await engine.create.remote(**kw, **{AVOID_KWARG: list(tried)})
+            avoid = {AVOID_KWARG: list(tried)}
+            got = await retrying(lambda avoid=avoid: engine.create.remote(**kw, **avoid))
             if got["accepted"] or got["reason"] not in RETRYABLE:
                 return got
             rid = stream_ids.owner(got["id"])
@@ -174,9 +114,6 @@ def build_api(cfg: AppConfig, engine, environ=os.environ, drain: Draining | None
             tried.append(rid)
             if len(tried) >= len(await fanout.roster(engine)):
                 return got
-
-    def not_found(stream_id: str) -> ApiError:
-        return ApiError(404, "not_found", f"no stream {stream_id!r}", "stream_id")
 
     @app.post("/v1/streams", status_code=201, response_model=Created)
     async def create(body: CreateStream, request: Request, who: str = Depends(tenant)):
@@ -210,10 +147,7 @@ def build_api(cfg: AppConfig, engine, environ=os.environ, drain: Draining | None
 
     @app.get("/v1/streams/{stream_id}", response_model=StreamStatus)
     async def status(stream_id: str, who: str = Depends(tenant)):
-        got = await call("status", stream_id, who)
-        if got is None:
-            raise not_found(stream_id)
-        return got
+        return await homes.status(stream_id, who)
 
     @app.get(
         "/v1/streams/{stream_id}/frames",
@@ -226,19 +160,15 @@ def build_api(cfg: AppConfig, engine, environ=os.environ, drain: Draining | None
         format: Literal["mjpeg", "sse"] = "mjpeg",
         start: int = Query(0, ge=0, le=10**9, description="First frame to send."),
         cancel_on_disconnect: bool = False,
+        last_event_id: str | None = Header(
+            None, description="SSE reconnect: frames after this index (the events' `id:`)."
+        ),
     ):
-        if await call("status", stream_id, who) is None:
-            raise not_found(stream_id)
-        gen = engine.options(stream=True).frames.remote(
-            stream_id,
-            tenant=who,
-            fmt=format,
-            start=start,
-            cancel_on_disconnect=cancel_on_disconnect,
-            **{OWNER_KWARG: owner(stream_id)},
-        )
+        await homes.route(stream_id, who)
+        first = delivery.resume_from(start, last_event_id)
+        gen = delivery.relay(store, stream_id, who, format, first)
         media = MJPEG_TYPE if format == "mjpeg" else SSE_TYPE
-        hang_up = (lambda: call("cancel", stream_id, who)) if cancel_on_disconnect else None
+        hang_up = (lambda: homes.cancel(stream_id, who)) if cancel_on_disconnect else None
         body = _relay(gen, hang_up, drain)
         return StreamingResponse(body, media_type=media, headers={"Cache-Control": "no-store"})
 
@@ -248,22 +178,30 @@ def build_api(cfg: AppConfig, engine, environ=os.environ, drain: Draining | None
         responses={200: {"content": {"video/mp4": {}}}},
     )
     async def video(stream_id: str, who: str = Depends(tenant)):
-        got = await call("video", stream_id, who)
-        if got is None:
-            raise not_found(stream_id)
-        if got == "running":
+        where = await homes.route(stream_id, who)
+        if where["state"] != "ended":
             raise ApiError(
                 409, "not_done", "the stream is still generating; poll its status", "stream_id"
             )
-        if got == "empty":
+        if where["frames_done"] == 0:
             raise ApiError(409, "no_frames", "the stream ended without frames", "stream_id")
-        return Response(got, media_type="video/mp4")
+        cached = await store.video.remote(stream_id, who)
+        if cached is not None:
+            return Response(await cached, media_type="video/mp4")
+        jpegs = await delivery.all_jpegs(store, stream_id, who)
+        mp4 = await asyncio.to_thread(mp4_from_jpegs, jpegs, FPS)
+        store.put_video.remote(stream_id, mp4)
+        return Response(mp4, media_type="video/mp4")
 
     @app.post("/v1/streams/{stream_id}/actions", response_model=ActionResult)
     async def act(stream_id: str, body: Action, who: str = Depends(tenant)):
-        got = await call("act", stream_id, who, prompt=body.prompt)
+        where = await homes.route(stream_id, who)
+        got = await homes.on_home("act", stream_id, who, where, prompt=body.prompt)
         if got is None:
-            raise not_found(stream_id)
+            where = await homes.route(stream_id, who)
+            if where["state"] != "ended":
+                raise recovering(stream_id)
+            got = False
         if isinstance(got, str):
             raise ApiError(422, "invalid", f"prompt: {got}", "prompt")
         detail = "applied from the next chunk boundary" if got else "the stream has ended"
@@ -273,14 +211,11 @@ def build_api(cfg: AppConfig, engine, environ=os.environ, drain: Draining | None
 
     @app.delete("/v1/streams/{stream_id}", response_model=Cancelled)
     async def cancel(stream_id: str, who: str = Depends(tenant)):
-        got = await call("cancel", stream_id, who)
-        if got is None:
-            raise not_found(stream_id)
-        return Cancelled(id=stream_id, **got)
+        return Cancelled(id=stream_id, **await homes.cancel(stream_id, who))
 
     @app.get("/v1/health", response_model=Health)
     async def health():
-        got = await engine.health.remote()
+        got = await retrying(lambda: engine.health.remote())
         return Health(status="ok", replica=got["replica"])
 
     @app.get("/v1/capacity", response_model=Capacity)
@@ -300,15 +235,16 @@ def build_api(cfg: AppConfig, engine, environ=os.environ, drain: Draining | None
 
     from qvg_serve.serve.ui import mount_ui  # imports this module: wired in last
 
-    mount_ui(app, cfg, engine, tenant, guard)
+    mount_ui(app, cfg, engine, store, tenant, guard)
     return app
 
 
 async def _relay(gen, on_disconnect, drain: Draining):
-    """Forward the replica's parts; if the client goes away, optionally cancel the stream.
+    """Forward the store's frames (delivery.py); if the client goes away, optionally cancel
+    the stream.
 
     The cancel runs `detached` (disconnect.py): awaited here, inside the request Serve is
-    cancelling, it was itself cancelled about one time in five. The replica cancels too."""
+    cancelling, it was itself cancelled about one time in five."""
     finished = False
     drain.relays += 1  # a drain waits for open viewers (drain.py)
     try:
@@ -318,9 +254,9 @@ async def _relay(gen, on_disconnect, drain: Draining):
     finally:
         drain.relays -= 1
         if not finished:
-            gen.cancel()
-            if on_disconnect is not None:
+            if on_disconnect is not None:  # first: the await below may be cancelled itself
                 detached(on_disconnect)
+            await gen.aclose()
 
 
 def _refused(got: dict[str, Any]) -> ApiError:

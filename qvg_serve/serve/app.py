@@ -4,7 +4,8 @@
                                   |  DeploymentHandle + StreamRouter (routing.py)
                                   v
                              QVGEngine replica 1..N  (deployment.name; one per GPU:
-                               Engine + engine thread + frame buffers + Metrics)
+                               Engine + engine thread + heartbeat + Metrics)
+                             StreamStore (store.py, head node): durable state, frames
 
 Where a stream lives, and why this layout. A stream's KV pages, latents and frames are in one
 replica's memory, so every request for it must reach that replica. The replica that creates a
@@ -18,11 +19,13 @@ replica. Alternatives considered:
     Serve autoscaling and the chart's one `deployments:` entry (deployment.name), and a
     config change renames deployments.
 The router keeps one engine deployment (autoscaling, `num_replicas`, `ray_actor_options` all
-apply as in the chart), waits on a busy owner rather than falling back, and a replica that is
-gone answers 404 (its streams died with it: state is not replicated).
+apply as in the chart) and waits on a busy owner rather than falling back. Where a stream
+lives is the stream store's answer (store.py): it keeps every stream's durable state off the
+replicas and re-homes the streams of a replica that dies or drains; the ingress asks it before
+every per-stream call and reads frames from it (delivery.py), never from a replica.
 
 The engine loop is a thread inside each replica (engine_loop.py): HTTP handlers only await
-futures, frames travel as JPEGs through per-stream buffers (replica.py).
+futures; chunks go to the store from the replica's encoder thread (durable.py).
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from qvg_serve.serve import fanout
 from qvg_serve.serve.config import AppConfig
 from qvg_serve.serve.drain import Draining
 from qvg_serve.serve.replica import EngineReplica
+from qvg_serve.serve.store import get_store
 
 INGRESS_NAME = "QVGIngress"
 ROUTING_STATS_PERIOD_S = 1.0
@@ -55,11 +59,14 @@ class QVGIngress:
     def __init__(self, args: dict[str, Any], engine) -> None:
         self.cfg, self.engine = AppConfig.from_args(args), engine
         self.draining = Draining()
+        dur = self.cfg.durability
+        app = serve.get_replica_context().app_name
+        self.store = get_store(app, dur.heartbeat_s, dur.dead_after_s, dur.retention_s)
 
     def __serve_build_asgi_app__(self):
         from qvg_serve.serve.api import build_api
 
-        return build_api(self.cfg, self.engine, drain=self.draining)
+        return build_api(self.cfg, self.engine, self.store, drain=self.draining)
 
     async def drain(self) -> None:
         """Stop admitting: creates answer 503 + Retry-After from now on (drain.py)."""
@@ -79,6 +86,13 @@ def build_app(args: dict[str, Any] | None = None) -> serve.Application:
     except ValidationError as exc:
         raise ValueError(f"qvg-serve config (build_app args) is invalid:\n{exc}") from None
     plain = cfg.model_dump(mode="json")
+    # What each deployment is constructed with: a change of these replaces its replicas. The
+    # scheduler's tunables travel as user_config (reconfigure() in place), the deployment's
+    # settings as Serve options (replica count, autoscaling, max_ongoing_requests: in place).
+    actor = plain["deployment"]["ray_actor_options"]
+    engine_args = {**_sections(plain, "engine", "server", "durability"),
+                   "deployment": {"ray_actor_options": actor}}  # fmt: skip
+    ingress_args = _sections(plain, "server", "durability")
     router = RequestRouterConfig(
         request_router_class="qvg_serve.serve.router:StreamRouter",
         request_routing_stats_period_s=ROUTING_STATS_PERIOD_S,
@@ -87,5 +101,11 @@ def build_app(args: dict[str, Any] | None = None) -> serve.Application:
         **cfg.deployment.serve_options(),
         request_router_config=router,
         health_check_period_s=10,
+        graceful_shutdown_timeout_s=cfg.durability.handover_timeout_s,
+        user_config={"scheduler": plain["scheduler"]},
     )
-    return QVGIngress.bind(plain, engine.bind(plain))
+    return QVGIngress.bind(ingress_args, engine.bind(engine_args))
+
+
+def _sections(plain: dict[str, Any], *names: str) -> dict[str, Any]:
+    return {name: plain[name] for name in names}

@@ -4,6 +4,7 @@
     scheduler:   SchedulerConfig fields, tenants by name             -> .scheduler_config()
     server:      HTTP bind, auth, API-key source, request limits
     deployment:  Ray Serve deployment options (replicas, GPUs per replica)
+    durability:  the stream store: heartbeats, failure detection, retention, hand-over timeout
 
 Every model forbids unknown keys, so a typo fails at startup naming the key instead of being
 dropped. The engine and scheduler defaults are read from their frozen dataclasses (the
@@ -281,8 +282,8 @@ class ActorOptions(_Strict):
 
 
 class AutoscalingSettings(_Strict):
-    """Serve autoscaling of engine replicas. A stream lives on one replica, so a replica that
-    scales down drains its open requests first (graceful shutdown) and loses resident streams."""
+    """Serve autoscaling of engine replicas. A replica that scales down hands its streams to the
+    others in its graceful shutdown (durability.handover_timeout_s); they continue there."""
 
     min_replicas: int = Field(1, ge=0, description="Fewest replicas (0 = scale to zero).")
     max_replicas: int = Field(1, ge=1, description="Most replicas (one per GPU in the cluster).")
@@ -326,6 +327,42 @@ class DeploymentSettings(_Strict):
         return opts
 
 
+class DurabilitySettings(_Strict):
+    """The stream store (serve/store.py): how fast a dead replica's streams move, how long an
+    ended stream's frames stay readable."""
+
+    heartbeat_s: float = Field(
+        0.5, gt=0, description="Seconds between an engine replica's heartbeats to the store."
+    )
+    dead_after_s: float = Field(
+        5.0,
+        gt=0,
+        description="A replica silent this long is taken for dead and its streams re-homed: "
+        "10 beats, so a long engine step or a GC pause does not move streams.",
+    )
+    retention_s: float = Field(
+        600.0,
+        ge=0,
+        description="Seconds an ended stream's frames (and video.mp4) stay readable; then its "
+        "objects are released from the object store and its id answers 404.",
+    )
+    handover_timeout_s: float = Field(
+        20.0,
+        gt=0,
+        description="Serve's graceful_shutdown_timeout_s of an engine replica: a replica being "
+        "replaced hands its streams over within it (the handover itself takes well under 1 s).",
+    )
+
+    @model_validator(mode="after")
+    def _beats_before_death(self) -> DurabilitySettings:
+        if self.dead_after_s < 2 * self.heartbeat_s:
+            raise ValueError(
+                f"dead_after_s = {self.dead_after_s} < 2 x heartbeat_s = {self.heartbeat_s}: "
+                "one late beat would move every stream; raise dead_after_s"
+            )
+        return self
+
+
 class AppConfig(_Strict):
     """Everything `build_app(args)` is configured by; every default lives here or in the
     dataclasses it builds."""
@@ -334,6 +371,7 @@ class AppConfig(_Strict):
     scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings)
     server: ServerSettings = Field(default_factory=ServerSettings)
     deployment: DeploymentSettings = Field(default_factory=DeploymentSettings)
+    durability: DurabilitySettings = Field(default_factory=DurabilitySettings)
 
     @model_validator(mode="after")
     def _formats_held(self) -> AppConfig:

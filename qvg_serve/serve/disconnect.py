@@ -7,26 +7,19 @@ returned at once), and when the request task ended, Serve's replica cancelled ev
 request of it still pending assignment (`RequestContext` links them), the cancel call among
 them. Whether it had been assigned in between was a race.
 
-So a hang-up now cancels from two places, each outside the dying request:
-
-    engine replica: `frames` is wrapped by `cancels_when_closed`; Serve closes that generator
-                    with a CancelledError when the ingress drops the call ("CALL frames
-                    CANCELLED"), and the wrapper then starts `self.cancel(...)` as a new task.
-    ingress:        `_relay`'s `finally` starts the cancel call with `detached`, a task in a
-                    fresh `contextvars.Context`: Serve sees no parent request to cancel it with
-                    (covers a hang-up before the frames call reached the replica).
-
-The two may both land; cancelling an ended stream is a no-op. With the flag off neither runs.
+So `_relay`'s `finally` starts the cancel with `detached`: a task in a fresh
+`contextvars.Context`, so Serve sees no parent request to cancel it with, and no anyio cancel
+scope reaches it. Frames come from the stream store (delivery.py), not from the replica, so
+there is no replica-side frames generator to close; cancelling an ended stream is a no-op.
+With the flag off nothing runs.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextvars
-import functools
 import logging
 from collections.abc import Awaitable, Callable
-from contextlib import aclosing
 from typing import Any
 
 log = logging.getLogger("qvg_serve.serve.disconnect")
@@ -50,24 +43,3 @@ async def _run(call: Callable[[], Awaitable[Any]]) -> None:
         await call()
     except Exception:  # nobody awaits this task: say what failed instead of losing it
         log.exception("cancel after a client disconnect failed")
-
-
-def cancels_when_closed(frames):
-    """Decorate an engine replica's async-generator `frames(self, stream, *, tenant, replica,
-    ...)`: it gains `cancel_on_disconnect=False`; when true and the generator is closed before
-    it ends (the client hung up), `self.cancel(stream, tenant=, replica=)` runs detached."""
-
-    @functools.wraps(frames)
-    async def wrapped(self, stream: str, *, cancel_on_disconnect: bool = False, **kw):
-        finished = False
-        try:
-            async with aclosing(frames(self, stream, **kw)) as parts:
-                async for part in parts:
-                    yield part
-            finished = True
-        finally:
-            if cancel_on_disconnect and not finished:
-                tenant, replica = kw["tenant"], kw["replica"]
-                detached(lambda: self.cancel(stream, tenant=tenant, replica=replica))
-
-    return wrapped

@@ -1,12 +1,13 @@
 """Serve request router of the engine deployment: a request for a stream goes to its replica.
 
-Built on Ray Serve's public `ray.serve.request_router` API only. A stream id is
-"<replica unique id>-<n>" (stream_ids.py); the ingress passes that replica id as the `replica=`
-keyword of every per-stream call. This router, running inside the ingress's DeploymentHandle,
+Built on Ray Serve's public `ray.serve.request_router` API only. The ingress passes
+the stream's current home (the stream store's answer, store.py) as the `replica=` keyword of
+every per-stream call. This router, running inside the ingress's DeploymentHandle,
 then offers Serve only that replica:
 
     pending call with replica="ab12cd34"  ->  [[replica ab12cd34]]     (waits while it is busy)
-    replica "ab12cd34" is gone            ->  [[every replica]]        (answers 404: not mine)
+    replica "ab12cd34" is gone            ->  [[every replica]]        (answers None: not mine;
+                                              the ingress asks the store again: recovering)
     no replica= (create, capacity, ...)   ->  [[two random replicas]]  (power of two choices:
                                               Serve probes both and takes the shorter queue)
     roster=[] (fanout.py)                 ->  roster=[every replica id], [[every replica]]

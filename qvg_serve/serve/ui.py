@@ -3,15 +3,16 @@
     GET  /ui/                 the page (qvg_serve/serve/page/: HTML, JS, CSS; no CDN, CSP 'self')
     POST /v1/session          {"key"} -> HttpOnly SameSite=Strict session cookie (auth.py)
     GET  /v1/session          who the cookie (or header key) is;   DELETE: sign out
-    GET  /v1/streams          the tenant's streams, newest first (every replica seen so far)
+    GET  /v1/streams          the tenant's streams, newest first (from the stream store)
     GET  /v1/feed?id=..&start=..   one SSE connection carrying the frames of up to 16 streams
     GET  /v1/model            model facts, page sizes, the prompt vocabulary when there is one
     GET  /v1/kv               KV bytes by format and tier vs BF16 and the arena (one replica)
 
 Why one multiplexed feed and not an MJPEG <img> per tile: a browser opens at most 6 HTTP/1.1
 connections per host, and a live MJPEG response holds one for the stream's whole life, so a
-page of 12 live tiles would starve its own status requests. The feed merges the replicas' SSE
-frame generators (the same ones /frames relays) and tags each event with its stream id.
+page of 12 live tiles would starve its own status requests. The feed merges the streams' SSE
+frames as /frames sends them (read from the stream store, delivery.py: a tile keeps playing
+when its stream moves to another replica) and tags each event with its stream id.
 MJPEG still works with the cookie for a single `<img src=".../frames">`.
 """
 
@@ -33,7 +34,7 @@ from fastapi.responses import (
     StreamingResponse,
 )
 
-from qvg_serve.serve.api import ApiError
+from qvg_serve.serve import delivery
 from qvg_serve.serve.auth import (
     SESSION_COOKIE,
     AuthError,
@@ -43,8 +44,8 @@ from qvg_serve.serve.auth import (
     header_key,
 )
 from qvg_serve.serve.config import AppConfig
+from qvg_serve.serve.errors import ApiError
 from qvg_serve.serve.frames import SSE_TYPE, sse_event
-from qvg_serve.serve.router import OWNER_KWARG
 from qvg_serve.serve.schema import KvSummary, ModelInfo, Session, SignIn, StreamList
 from qvg_serve.serve.stream_ids import STREAM_ID
 
@@ -69,11 +70,12 @@ FEED_MAX_STREAMS = 16
 HEARTBEAT_S = 15.0  # an SSE comment this often keeps idle proxies from closing the feed
 
 
-def mount_ui(app: FastAPI, cfg: AppConfig, engine, tenant, guard: Guard) -> None:
-    """Add the page, its JSON endpoints and (when configured) CORS to the API app."""
+def mount_ui(app: FastAPI, cfg: AppConfig, engine, store, tenant, guard: Guard) -> None:
+    """Add the page, its JSON endpoints and (when configured) CORS to the API app; `store` is
+    the stream store actor (store.py)."""
     _session_routes(app, cfg, guard)
-    _read_routes(app, cfg, engine, tenant)
-    _feed_route(app, engine, tenant)
+    _read_routes(app, cfg, engine, store, tenant)
+    _feed_route(app, store, tenant)
     _page_routes(app)
     app.add_middleware(DocsPolicy, paths=("/docs", "/redoc"))  # FastAPIOffline serves them
     if cfg.server.cors_origins:
@@ -144,30 +146,14 @@ def _cookie_path(request: Request) -> str:
     return (request.scope.get("root_path") or "").rstrip("/") + "/"
 
 
-def _read_routes(app: FastAPI, cfg: AppConfig, engine, tenant) -> None:
-    known: set[str] = set()  # replica ids seen answering: a listing asks each of them
-
+def _read_routes(app: FastAPI, cfg: AppConfig, engine, store, tenant) -> None:
     @app.get("/v1/streams", response_model=StreamList)
     async def list_streams(
         who: str = Depends(tenant),
         limit: int = Query(256, ge=1, le=4096, description="Most streams to return."),
     ):
-        calls = [engine.list_streams.remote(tenant=who)]
-        calls += [engine.list_streams.remote(tenant=who, **{OWNER_KWARG: r}) for r in known]
-        answers = await asyncio.gather(*calls, return_exceptions=True)
-        streams: dict[str, dict] = {}
-        replicas = set()
-        for asked, got in zip([None, *known], answers, strict=True):
-            if isinstance(got, BaseException):  # a replica going away: list the others
-                log.warning("list_streams on replica %s failed: %s", asked, got)
-                continue
-            if asked is not None and got["replica"] != asked:
-                known.discard(asked)  # that replica is gone; another answered for it
-            known.add(got["replica"])
-            replicas.add(got["replica"])
-            streams.update((s["id"], s) for s in got["streams"])
-        newest = sorted(streams.values(), key=lambda s: s["created"], reverse=True)
-        return StreamList(streams=newest[:limit], replicas=sorted(replicas))
+        got = await store.list.remote(tenant=who, limit=limit)
+        return StreamList(streams=got["streams"], replicas=got["replicas"])
 
     @app.get("/v1/model", response_model=ModelInfo)
     async def model(who: str = Depends(tenant)):
@@ -180,7 +166,7 @@ def _read_routes(app: FastAPI, cfg: AppConfig, engine, tenant) -> None:
         return KvSummary(**got, time=time.time())
 
 
-def _feed_route(app: FastAPI, engine, tenant) -> None:
+def _feed_route(app: FastAPI, store, tenant) -> None:
     @app.get(
         "/v1/feed",
         response_class=StreamingResponse,
@@ -202,9 +188,7 @@ def _feed_route(app: FastAPI, engine, tenant) -> None:
         for sid, first in zip(id, start or [0] * len(id), strict=True):
             if not STREAM_ID.match(sid):
                 raise ApiError(422, "invalid", f"id: {sid[:80]!r} is not a stream id", "id")
-            gens[sid] = engine.options(stream=True).frames.remote(
-                sid, tenant=who, fmt="sse", start=first, **{OWNER_KWARG: sid.rpartition("-")[0]}
-            )
+            gens[sid] = delivery.relay(store, sid, who, "sse", first, preamble=False)
         headers = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
         return StreamingResponse(_merge(gens), media_type=SSE_TYPE, headers=headers)
 
@@ -226,11 +210,9 @@ async def _merge(gens: dict):
             else:
                 yield item
         yield sse_event("done", {})
-    finally:  # the client went away (or all ended): stop every replica generator
+    finally:  # the client went away (or all ended): stop every stream's reader
         for task in tasks:
             task.cancel()
-        for gen in gens.values():
-            gen.cancel()
 
 
 async def _pump(sid: str, gen, queue: asyncio.Queue) -> None:
@@ -240,7 +222,7 @@ async def _pump(sid: str, gen, queue: asyncio.Queue) -> None:
         async for part in gen:
             sent = True
             await queue.put(part.replace(b"data: {", tag, 1))
-    except Exception as exc:  # the replica died mid-stream: the tile shows it ended
+    except Exception as exc:  # the store unreachable: the tile shows it ended
         log.warning("feed of %s stopped: %s", sid, exc)
     if not sent:
         await queue.put(sse_event("gone", {"id": sid}))

@@ -107,18 +107,30 @@ def test_serve_config_args_are_the_app_config(rendered):
     (app,) = serve_config(docs)["applications"]
     assert app["import_path"] == "qvg_serve.serve.app:build_app"
     assert app["route_prefix"].startswith("/")
-    cfg = AppConfig.from_args(app["args"])  # raises, naming the field, if the chart drifts
-    cfg.engine_config(), cfg.scheduler_config()
     (dep,) = app["deployments"]
+    # what changes live is not in args (Serve hashes args: a change replaces every replica)
+    assert "scheduler" not in app["args"] and set(app["args"]["deployment"]) == {
+        "name",
+        "ray_actor_options",
+    }
+    full = {**app["args"], "scheduler": dep["user_config"]["scheduler"]}
+    full["deployment"] = {**app["args"]["deployment"], **_live_deployment(dep)}
+    cfg = AppConfig.from_args(full)  # raises, naming the field, if the chart drifts
+    cfg.engine_config(), cfg.scheduler_config()
     assert dep["name"] == cfg.deployment.name
     assert dep["ray_actor_options"] == cfg.deployment.ray_actor_options.model_dump()
-    assert dep["max_ongoing_requests"] == cfg.deployment.max_ongoing_requests
+    assert dep["graceful_shutdown_timeout_s"] == cfg.durability.handover_timeout_s
     scaling = cfg.deployment.autoscaling_config
     if scaling is None:
         assert dep["num_replicas"] == cfg.deployment.num_replicas
     else:
         assert "num_replicas" not in dep
         assert dep["autoscaling_config"] == scaling.model_dump()
+
+
+def _live_deployment(dep: dict) -> dict:
+    keys = ("num_replicas", "max_ongoing_requests", "autoscaling_config")
+    return {k: dep[k] for k in keys if k in dep}
 
 
 def test_serve_config_is_valid_for_ray_serve(rendered):

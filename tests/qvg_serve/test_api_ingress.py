@@ -52,7 +52,8 @@ class FakeEngine:
 
 def client(engine, drain=None, **server) -> TestClient:
     cfg = AppConfig.from_args({"server": {"auth": False, **server}})
-    return TestClient(build_api(cfg, engine, environ={}, drain=drain))
+    return TestClient(build_api(cfg, engine, None, environ={}, drain=drain))  # no store: the
+    # ingress reaches it only for per-stream calls, none of which these tests make
 
 
 def post(c: TestClient):

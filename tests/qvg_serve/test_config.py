@@ -159,7 +159,13 @@ def test_deployment_serve_options():
 def test_json_schema_exports_every_section_strictly():
     schema = AppConfig.json_schema()
     json.dumps(schema)  # serializable
-    assert set(schema["properties"]) == {"engine", "scheduler", "server", "deployment"}
+    assert set(schema["properties"]) == {
+        "engine",
+        "scheduler",
+        "server",
+        "deployment",
+        "durability",
+    }
     assert schema["additionalProperties"] is False
     assert all(d.get("additionalProperties") is False for d in schema["$defs"].values())
     sink = schema["$defs"]["SchedulerSettings"]["properties"]["sink_pages"]

@@ -74,6 +74,7 @@ def dense_generate(seed: int, chunks: int) -> torch.Tensor:
     with torch.no_grad():
         for ch in range(chunks):
             start = ch * MC.frames_per_chunk
+            noise.begin(ch)
             x = sampler.start(noise, "cpu", torch.float32)
             x0 = x
             for i, t in enumerate(steps):

@@ -104,7 +104,7 @@ def sse_events(base: str, sid: str, headers=ACME, **params) -> list[tuple[str, d
     return parse_sse(r.iter_lines(decode_unicode=True))
 
 
-def wait_state(base: str, sid: str, states, headers=ACME, timeout: float = 60) -> dict:
+def wait_state(base: str, sid: str, states, headers=ACME, timeout: float = 120) -> dict:
     end = time.time() + timeout
     while time.time() < end:
         st = requests.get(f"{base}/v1/streams/{sid}", headers=headers, timeout=10).json()

@@ -26,7 +26,8 @@ CSRF = {"X-QVG-CSRF": "1"}
 
 
 class FakeEngine:
-    """Each method answers like a replica; `calls` records (method, tenant)."""
+    """Each method answers like a replica (or the stream store: the same fake serves as both);
+    `calls` records (method, tenant)."""
 
     def __init__(self) -> None:
         self.calls: list[tuple[str, str | None]] = []
@@ -55,7 +56,18 @@ ANSWERS = {
     "roster": ["r1"],
     "capacity": {"replica": "r1", "free_bytes": 1, "total_bytes": 2, "streams_that_fit": 1},
     "cancel": {"cancelled": True, "pages_held": 0},
-    "list_streams": {"replica": "r1", "streams": []},
+    "list": {"streams": [], "replicas": ["r1"]},  # the stream store's answers
+    "route": {
+        "state": "live",
+        "home": "r1",
+        "engine_id": 1,
+        "prompt": "p",
+        "frames_done": 0,
+        "frames_wanted": 3,
+        "chunks_done": 0,
+        "end_reason": None,
+        "final": None,
+    },
     "reject": None,
 }
 
@@ -63,7 +75,7 @@ ANSWERS = {
 @pytest.fixture
 def client():
     engine = FakeEngine()
-    app = build_api(AppConfig.from_args({"server": {"auth": True}}), engine, ENV)
+    app = build_api(AppConfig.from_args({"server": {"auth": True}}), engine, engine, ENV)
     with TestClient(app, base_url="http://127.0.0.1") as c:
         c.engine = engine
         yield c
@@ -89,7 +101,7 @@ def test_cookie_authenticates_reads(client):
     sign_in(client)
     assert client.get("/v1/capacity").status_code == 200
     assert client.get("/v1/streams").status_code == 200
-    assert ("list_streams", "acme") in client.engine.calls  # the cookie's tenant, not another
+    assert ("list", "acme") in client.engine.calls  # the cookie's tenant, not another
 
 
 def test_wrong_key_sign_in_401(client):
@@ -205,13 +217,15 @@ def test_ui_page_has_strict_csp_and_docs_are_offline(client):
 
 def test_cors_off_by_default_and_configurable():
     engine = FakeEngine()
-    plain = TestClient(build_api(AppConfig.from_args({"server": {"auth": True}}), engine, ENV))
+    plain = TestClient(
+        build_api(AppConfig.from_args({"server": {"auth": True}}), engine, engine, ENV)
+    )
     pre = {"Origin": "https://dash.example.com", "Access-Control-Request-Method": "POST"}
     assert "access-control-allow-origin" not in plain.options("/v1/streams", headers=pre).headers
     cfg = AppConfig.from_args(
         {"server": {"auth": True, "cors_origins": ["https://dash.example.com"]}}
     )
-    cors = TestClient(build_api(cfg, engine, ENV))
+    cors = TestClient(build_api(cfg, engine, engine, ENV))
     r = cors.options("/v1/streams", headers=pre)
     assert r.status_code == 200
     assert r.headers["access-control-allow-origin"] == "https://dash.example.com"

@@ -108,7 +108,11 @@ the Serve app through the head Service; the NetworkPolicy limits who reaches it)
 {{- toYaml $params }}
 {{- end }}
 
-{{/* Serve's config (serveConfigV2): config is the application's args, verbatim. */}}
+{{/* Serve's config (serveConfigV2). Serve hashes an application's `args` into its code
+version: any change there replaces every replica. So `args` holds only what needs a restart
+(engine, server, durability); the scheduler's tunables go in the engine's `user_config`
+(reconfigure() in place) and replicas / autoscaling / max_ongoing_requests in its
+`deployments:` entry (in place). */}}
 {{- define "qvg-serve.serveConfig" -}}
 {{- $cfg := .Values.config }}
 {{- $d := $cfg.deployment -}}
@@ -124,11 +128,17 @@ applications:
     runtime_env:
       {{- toYaml . | nindent 6 }}
     {{- end }}
+    {{- $args := omit $cfg "scheduler" "deployment" }}
+    {{- $_ := set $args "deployment" (pick $d "name" "ray_actor_options") }}
     args:
-      {{- toYaml $cfg | nindent 6 }}
+      {{- toYaml $args | nindent 6 }}
     deployments:
       - name: {{ $d.name }}
         max_ongoing_requests: {{ $d.max_ongoing_requests | int }}
+        graceful_shutdown_timeout_s: {{ (($cfg.durability | default dict).handover_timeout_s | default 20) }}
+        user_config:
+          scheduler:
+            {{- toYaml ($cfg.scheduler | default dict) | nindent 12 }}
         ray_actor_options:
           {{- toYaml $d.ray_actor_options | nindent 10 }}
         {{- with $d.autoscaling_config }}

@@ -1,0 +1,94 @@
+"""Frames to clients, read from the stream store (store.py), never from an engine replica.
+
+    client <--SSE / MJPEG-- ingress <--long poll: frames(id, next)-- StreamStore
+                               \\<-- JPEG ObjectRefs, fetched from the object store
+
+Reading from the store is what lets a stream outlive its replica without the client noticing:
+when the replica dies the connection stays open, an SSE client gets a `recovering` event, and
+frames resume once another replica continues the stream. It also keeps viewers off the engine
+replicas' request slots (status, create and cancel never queue behind viewers).
+
+Exactly once across reconnects: SSE events carry the frame index as `id:`, a reconnect sends
+`Last-Event-ID` (browsers' EventSource do it on their own) or `?start=N`, and delivery starts
+at the next index. If the ingress loses the store mid-stream, SSE ends with `retry:` and a
+`reconnect` event naming the next frame; MJPEG ends after its last whole part (a client
+reconnects with `?start=<frames received>`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from qvg_serve.serve.errors import actor_died
+from qvg_serve.serve.frames import jpeg_size, mjpeg_end, mjpeg_part, sse_event, sse_frame
+
+log = logging.getLogger("qvg_serve.serve.delivery")
+
+POLL_S = 5.0
+"""Longest wait of one store call for new frames (then the ingress asks again)."""
+RETRY_MS = 1000
+"""SSE `retry:` given to clients: reconnect after 1 s (the store answers again by then)."""
+
+
+def sse_preamble() -> bytes:
+    return f"retry: {RETRY_MS}\n\n".encode()
+
+
+def sse_with_id(event: bytes, index: int) -> bytes:
+    return f"id: {index}\n".encode() + event
+
+
+async def relay(store, pid: str, tenant: str, fmt: str, start: int, preamble: bool = True):
+    """Frames `start`.. of `pid` as MJPEG parts or SSE events, live until the stream ends;
+    nothing for an unknown or foreign id. `preamble`: SSE starts with the `retry:` hint (the
+    web page's feed, which merges several streams, leaves it out)."""
+    sse = fmt == "sse"
+    if sse and preamble:
+        yield sse_preamble()
+    i, size, told = start, None, False
+    while True:
+        try:
+            got = await store.frames.remote(pid, tenant, i, POLL_S)
+        except Exception as exc:
+            if not actor_died(exc):
+                raise
+            log.warning("stream store unreachable while sending %s", pid, exc_info=True)
+            if sse:
+                yield f"retry: {RETRY_MS}\n".encode() + sse_event("reconnect", {"next": i})
+            return
+        if got is None:  # released (retention) while being read
+            return
+        for chunk, first, ref in got["chunks"]:
+            jpegs = await ref
+            size = size or (jpeg_size(jpegs[0]) if jpegs else None)
+            for j, jpeg in enumerate(jpegs):
+                if first + j < i:
+                    continue
+                yield (
+                    sse_with_id(sse_frame(jpeg, i, chunk, size), i) if sse else mjpeg_part(jpeg, i)
+                )
+                i += 1
+        if got["state"] == "ended" and i >= (got["total"] or 0):
+            done = {"reason": got["end_reason"], "frames": got["total"]}
+            yield sse_event("end", done) if sse else mjpeg_end()
+            return
+        recovering = got["state"] == "recovering"
+        if sse and recovering and not told:
+            yield sse_event("recovering", {"next": i})
+        told = recovering
+
+
+def resume_from(start: int, last_event_id: str | None) -> int:
+    """The first frame to send: after `Last-Event-ID` when given (a reconnect), else `start`."""
+    if last_event_id is not None and last_event_id.strip().isdigit():
+        return max(start, int(last_event_id) + 1)
+    return start
+
+
+async def all_jpegs(store, pid: str, tenant: str) -> list[bytes]:
+    got = await store.frames.remote(pid, tenant, 0, 0.0)
+    if got is None:
+        return []
+    parts = await asyncio.gather(*(ref for _, _, ref in got["chunks"]))
+    return [j for part in parts for j in part][: got["total"] or got["frames_done"]]
