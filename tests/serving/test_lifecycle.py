@@ -107,8 +107,10 @@ def test_sigterm_drains_exits_0_and_leaves_no_process(config, tmp_path):
         viewer = requests.get(f"{base}/v1/streams/{sid}/frames", params={"format": "sse"},
                               stream=True, timeout=120)  # fmt: skip
         lines = viewer.iter_lines(decode_unicode=True)
-        first = [next(lines), next(lines)]  # "event: frame", "data: ...": the viewer is open
-        assert first[0] == "event: frame", first
+        first = [next(lines)]  # "retry: ..." (delivery.py), then "id: 0", "event: frame", ...
+        while first[-1] != "event: frame":
+            first.append(next(lines))
+        first.append(next(lines))  # its "data: ..." line: the viewer is open
         events: list = []
         reader = threading.Thread(target=lambda: events.extend(parse_sse([*first, *lines])))
         reader.start()
