@@ -109,8 +109,13 @@ class Lifecycle:
         return Admission(True)
 
     def _resume_from(self, s: Stream, chunks: int, step: int) -> None:
+        """The whole history is rebuilt when one recompute pass can hold it (max_batch_tokens)
+        and it takes at most a quarter of the arena in BF16 (the ladder encodes it after);
+        else sink + window, and the stream is degraded."""
+        cfg = self.config
         n = chunks * s.spec.pages_per_chunk
-        keep = min(n, self.config.sink_pages + self.config.window_pages)
+        room = min(cfg.max_batch_tokens // s.spec.page_tokens, self.bf16_capacity // 4)
+        keep = min(n, max(cfg.sink_pages + cfg.window_pages, room))
         s.chunk, s.rebuild, s.dropped_pages = chunks, keep, n - keep
         s.flags.add(Flag.RECOMPUTE)
         if n > keep:

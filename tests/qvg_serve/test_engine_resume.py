@@ -24,8 +24,10 @@ def text(i: int) -> torch.Tensor:
     return torch.randn(MC.text_len, MC.text_dim, generator=torch.Generator().manual_seed(i))
 
 
-def engine(sink: int = 3, window: int = 3) -> Engine:
-    sc = SchedulerConfig(max_batch_tokens=8 * MC.chunk_tokens, sink_pages=sink, window_pages=window)
+def engine(sink: int = 3, window: int = 3, batch_chunks: int = 8) -> Engine:
+    sc = SchedulerConfig(
+        max_batch_tokens=batch_chunks * MC.chunk_tokens, sink_pages=sink, window_pages=window
+    )
     return Engine(MODEL, EngineConfig(model=MC.name, kv_cache_memory_bytes=64 << 20), sc)
 
 
@@ -72,13 +74,28 @@ def test_resume_later_stays_close_and_keeps_the_seed():
     assert rel < 0.1 and rel < rel_other / 5, (rel, rel_other)
 
 
-def test_resume_beyond_the_window_is_marked_degraded():
+def test_resume_rebuilds_the_whole_history_when_one_pass_holds_it():
+    """Beyond sink + window, but within one recompute pass: every page comes back, no loss."""
     eng = engine(sink=1, window=1)
-    ref = run(engine(sink=1, window=1), 3, 3)
-    sid, _ = eng.submit(text(3), chunks=3, seed=3, resume=ResumeState(ref[:, : 2 * FPC], 2))
+    ref = run(engine(sink=1, window=1), 3, 4)
+    sid, _ = eng.submit(text(3), chunks=4, seed=3, resume=ResumeState(ref[:, : 3 * FPC], 3))
+    snap = eng.snapshot(sid)
+    assert not snap["degraded"], snap
+    restore = next(h for h in snap["history"] if h["event"] == "restore")
+    assert f"rebuild {3 * FPC} pages" in restore["detail"], restore
+    eng.run_until_idle()
+    eng.check_invariants()
+
+
+def test_resume_beyond_one_pass_is_marked_degraded():
+    """A history one recompute pass cannot hold comes back as sink + window: degraded."""
+    eng = engine(sink=1, window=1, batch_chunks=1)
+    ref = run(engine(sink=1, window=1), 3, 4)
+    sid, _ = eng.submit(text(3), chunks=4, seed=3, resume=ResumeState(ref[:, : 3 * FPC], 3))
     snap = eng.snapshot(sid)
     assert snap["degraded"] and snap["history"][0]["event"] == "restore"
     eng.run_until_idle()
+    eng.check_invariants()
 
 
 def test_bad_resume_is_refused_naming_the_field():
