@@ -18,6 +18,7 @@ BENCHES: dict[str, tuple[str, str]] = {
     "ladder": ("ladder", "real engine in a fixed arena: bf16-only paging vs the QVG ladder"),
     "e2e": ("e2e", "time per chunk through the pool, bf16 vs QVG pages; N streams batched"),
     "serve": ("serve", "concurrent HTTP streams: time to first frame, inter-chunk p50/p99"),
+    "chaos": ("chaos", "streams through kill -9 of engine replicas: completed vs lost"),
 }
 
 

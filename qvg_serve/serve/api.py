@@ -98,6 +98,7 @@ def build_api(
             raise ApiError(exc.status, exc.code, str(exc), exc.field) from None
 
     homes = Homes(engine, store)
+    viewers = delivery.Viewers(server.max_viewers_per_tenant)
 
     async def place(**kw) -> dict[str, Any]:
         """engine.create, retried on another replica after a kv_pressure / queue_full refusal
@@ -165,8 +166,9 @@ def build_api(
         ),
     ):
         await homes.route(stream_id, who)
+        viewers.check(who)
         first = delivery.resume_from(start, last_event_id)
-        gen = delivery.relay(store, stream_id, who, format, first)
+        gen = viewers.counted(who, delivery.relay(store, stream_id, who, format, first))
         media = MJPEG_TYPE if format == "mjpeg" else SSE_TYPE
         hang_up = (lambda: homes.cancel(stream_id, who)) if cancel_on_disconnect else None
         body = _relay(gen, hang_up, drain)
@@ -235,7 +237,7 @@ def build_api(
 
     from qvg_serve.serve.ui import mount_ui  # imports this module: wired in last
 
-    mount_ui(app, cfg, engine, store, tenant, guard)
+    mount_ui(app, cfg, engine, store, tenant, guard, viewers)
     return app
 
 

@@ -214,6 +214,13 @@ class ServerSettings(_Strict):
         description="Most frames one stream may ask for: one minute at 16 fps, the long-video "
         "length AR models are shown at; bounds one stream's share of the pool.",
     )
+    max_viewers_per_tenant: int = Field(
+        64,
+        ge=1,
+        description="Open frames connections (/frames, the page's /v1/feed) one tenant may "
+        "hold on one ingress replica; beyond it 429 too_many_viewers + Retry-After. Keeps one "
+        "tenant's viewers from taking the ingress's request slots from everyone else.",
+    )
 
     metrics_port: int | None = Field(
         None,

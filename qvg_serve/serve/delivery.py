@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import Counter
 
-from qvg_serve.serve.errors import actor_died
+from qvg_serve.serve.errors import ApiError, actor_died
 from qvg_serve.serve.frames import jpeg_size, mjpeg_end, mjpeg_part, sse_event, sse_frame
 
 log = logging.getLogger("qvg_serve.serve.delivery")
@@ -29,6 +30,39 @@ POLL_S = 5.0
 """Longest wait of one store call for new frames (then the ingress asks again)."""
 RETRY_MS = 1000
 """SSE `retry:` given to clients: reconnect after 1 s (the store answers again by then)."""
+VIEWER_RETRY_S = 5
+
+
+class Viewers:
+    """Open frames connections per tenant on this ingress replica (server.max_viewers_per_
+    tenant). `check` refuses a new one at the cap; `open` counts it from its first byte to
+    its close, so a response that never started holds nothing."""
+
+    def __init__(self, cap: int) -> None:
+        self.cap = cap
+        self.by_tenant: Counter[str] = Counter()
+
+    def check(self, tenant: str) -> None:
+        if self.by_tenant[tenant] >= self.cap:
+            raise ApiError(
+                429,
+                "too_many_viewers",
+                f"this tenant holds {self.by_tenant[tenant]} open frames connections, the "
+                f"cap (server.max_viewers_per_tenant = {self.cap}); close one or retry",
+                None,
+                {"Retry-After": str(VIEWER_RETRY_S)},
+            )
+
+    async def counted(self, tenant: str, gen):
+        """`gen`'s parts, counted as one of `tenant`'s viewers while it runs."""
+        self.by_tenant[tenant] += 1
+        try:
+            async for part in gen:
+                yield part
+        finally:
+            self.by_tenant[tenant] -= 1
+            if not self.by_tenant[tenant]:
+                del self.by_tenant[tenant]
 
 
 def sse_preamble() -> bytes:

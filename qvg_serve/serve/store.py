@@ -300,6 +300,14 @@ class StreamStore:
                 del self.streams[pid]
                 self.released += 1
 
+    def load(self) -> dict[str, int]:
+        """Live streams per home replica (`bench chaos` kills the busiest)."""
+        out: dict[str, int] = {}
+        for rec in self.streams.values():
+            if rec.ended is None and rec.home:
+                out[rec.home] = out.get(rec.home, 0) + 1
+        return out
+
     def stats(self) -> dict[str, int]:
         """Streams held and the objects and bytes they keep in the object store."""
         self._sweep()

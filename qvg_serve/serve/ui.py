@@ -70,12 +70,14 @@ FEED_MAX_STREAMS = 16
 HEARTBEAT_S = 15.0  # an SSE comment this often keeps idle proxies from closing the feed
 
 
-def mount_ui(app: FastAPI, cfg: AppConfig, engine, store, tenant, guard: Guard) -> None:
+def mount_ui(
+    app: FastAPI, cfg: AppConfig, engine, store, tenant, guard: Guard, viewers: delivery.Viewers
+) -> None:
     """Add the page, its JSON endpoints and (when configured) CORS to the API app; `store` is
-    the stream store actor (store.py)."""
+    the stream store actor (store.py); a feed counts as one of the tenant's `viewers`."""
     _session_routes(app, cfg, guard)
     _read_routes(app, cfg, engine, store, tenant)
-    _feed_route(app, store, tenant)
+    _feed_route(app, store, tenant, viewers)
     _page_routes(app)
     app.add_middleware(DocsPolicy, paths=("/docs", "/redoc"))  # FastAPIOffline serves them
     if cfg.server.cors_origins:
@@ -166,7 +168,7 @@ def _read_routes(app: FastAPI, cfg: AppConfig, engine, store, tenant) -> None:
         return KvSummary(**got, time=time.time())
 
 
-def _feed_route(app: FastAPI, store, tenant) -> None:
+def _feed_route(app: FastAPI, store, tenant, viewers: delivery.Viewers) -> None:
     @app.get(
         "/v1/feed",
         response_class=StreamingResponse,
@@ -190,7 +192,9 @@ def _feed_route(app: FastAPI, store, tenant) -> None:
                 raise ApiError(422, "invalid", f"id: {sid[:80]!r} is not a stream id", "id")
             gens[sid] = delivery.relay(store, sid, who, "sse", first, preamble=False)
         headers = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
-        return StreamingResponse(_merge(gens), media_type=SSE_TYPE, headers=headers)
+        viewers.check(who)
+        body = viewers.counted(who, _merge(gens))
+        return StreamingResponse(body, media_type=SSE_TYPE, headers=headers)
 
 
 async def _merge(gens: dict):

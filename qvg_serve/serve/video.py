@@ -8,7 +8,8 @@ import torch
 
 
 def write_mp4(frames: torch.Tensor, path: str | Path, fps: float = 16.0) -> Path:
-    """frames: uint8 [N, H, W, 3]. Odd sizes are padded by one pixel (yuv420p needs even)."""
+    """frames: uint8 [N, H, W, 3] -> a faststart H.264 MP4. Odd sizes are padded by one pixel
+    (yuv420p needs even)."""
     import av
 
     if frames.dtype != torch.uint8 or frames.dim() != 4 or frames.shape[-1] != 3:
@@ -21,7 +22,8 @@ def write_mp4(frames: torch.Tensor, path: str | Path, fps: float = 16.0) -> Path
     padded = torch.zeros(frames.shape[0], h, w, 3, dtype=torch.uint8)
     padded[:, : frames.shape[1], : frames.shape[2]] = frames
     path = Path(path)
-    with av.open(str(path), "w") as container:
+    # faststart: the index (moov) before the media (mdat), so a player starts before the end
+    with av.open(str(path), "w", format="mp4", options={"movflags": "+faststart"}) as container:
         stream = container.add_stream("libx264", rate=round(fps))
         stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
         for img in padded.numpy():

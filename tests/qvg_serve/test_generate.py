@@ -93,3 +93,10 @@ def test_write_mp4_checks_input(tmp_path):
         write_mp4(torch.zeros(2, 8, 8, 3), tmp_path / "x.mp4")
     path = write_mp4(torch.zeros(3, 7, 9, 3, dtype=torch.uint8), tmp_path / "odd.mp4")
     assert read_mp4_frames(path) == 3
+
+
+def test_mp4_is_faststart(tmp_path):
+    """The moov atom (index) precedes mdat: browsers play it while it downloads."""
+    data = write_mp4(torch.zeros(4, 8, 8, 3, dtype=torch.uint8), tmp_path / "f.mp4").read_bytes()
+    assert 0 <= data.find(b"moov") < data.find(b"mdat"), (data.find(b"moov"), data.find(b"mdat"))
+    assert read_mp4_frames(tmp_path / "f.mp4") == 4

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import time
 
 import pytest
 import requests
@@ -294,3 +295,28 @@ def test_prompt_with_unknown_words_422_names_them(base):
     )
     assert r.status_code == 422 and "did you mean 'circle'" in r.json()["error"]["message"]
     requests.delete(f"{base}/v1/streams/{sid}", headers=ACME)
+
+
+def test_viewer_cap_gives_429_and_frees_on_close(serving):
+    capped = serving.deploy("capped", "/capped", server={"max_viewers_per_tenant": 1})
+    sid = create(capped, frames=240).json()["id"]
+    url, params = f"{capped}/v1/streams/{sid}/frames", {"format": "sse"}
+    first = requests.get(url, params=params, headers=ACME, stream=True, timeout=60)
+    try:
+        assert first.status_code == 200
+        lines = first.iter_lines()  # kept: a dropped line iterator closes the connection
+        next(lines)  # the first viewer is open
+        second = requests.get(url, params=params, headers=ACME, stream=True, timeout=60)
+        assert second.status_code == 429, second.text
+        assert second.json()["error"]["code"] == "too_many_viewers"
+        assert second.headers["Retry-After"]
+    finally:
+        first.close()
+    end, code = time.time() + 60, 429  # freed once the server sees the hang-up (next write)
+    while code == 429 and time.time() < end:
+        third = requests.get(url, params=params, headers=ACME, stream=True, timeout=60)
+        code = third.status_code
+        third.close()
+        time.sleep(0.5)
+    requests.delete(f"{capped}/v1/streams/{sid}", headers=ACME, timeout=30)
+    assert code == 200
