@@ -21,6 +21,7 @@ import argparse
 import json
 import os
 import signal
+import sys
 import threading
 import time
 from collections import Counter
@@ -37,6 +38,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kv-cache-mib", type=int, default=128, help="KV arena per replica")
     p.add_argument("--device", default="cpu")
     p.add_argument("--num-cpus", type=int, default=None, help="local Ray CPUs (default: all)")
+    p.add_argument("--deadline", type=float, default=1800.0, help="seconds before giving up")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
 
 
@@ -144,7 +146,7 @@ def run(args: argparse.Namespace) -> int:
     base = start(cfg, "127.0.0.1", _free_port(), num_cpus=args.num_cpus, quiet=True)
     try:
         t0 = time.time()
-        deadline = t0 + 1800
+        deadline = t0 + args.deadline
         clients, create_errors = [], Counter()
         for i in range(args.streams):
             body = {"prompt": PROMPT, "frames": args.frames, "seed": i}
@@ -161,8 +163,12 @@ def run(args: argparse.Namespace) -> int:
             target=_killer, args=(app, args.kills, args.every, kills, halt), daemon=True
         )
         killer.start()
-        for c in clients:
-            c.join(max(1.0, deadline - time.time()))
+        while any(c.is_alive() for c in clients) and time.time() < deadline:
+            time.sleep(10)
+            done = sum(c.end is not None for c in clients)
+            got = sum(len(c.frames) for c in clients)
+            print(f"chaos: {time.time() - t0:.0f} s, {len(kills)} kills, {done}/{len(clients)} "
+                  f"ended, {got} frames received", file=sys.stderr, flush=True)  # fmt: skip
         halt.set()
         killer.join(timeout=30)
         result = _summary(args, clients, kills, create_errors, time.time() - t0)
