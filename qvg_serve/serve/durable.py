@@ -3,18 +3,22 @@
     encoder thread:   chunk -> JPEGs -> store.commit(id, chunk, latents, JPEGs)   (async call)
                       end   -> engine snapshot -> store.end(id, reason, frames, snapshot)
     heartbeat thread: every heartbeat_s: store.heartbeat(replica, ids held)
-                      -> adopt: resume_info -> latents -> engine.submit(resume=...) -> adopted
+                      -> adopt: queued for the adopter thread
                       -> revoke: cancel here (the stream moved; its end is not reported)
+    adopter thread:   resume_info -> latents -> engine.submit(resume=...) -> adopted
     __del__ (drain):  stop stepping, flush the commits in flight, store.hand_over(replica)
 
 Nothing here runs on the engine thread or the event loop: commits are fire-and-forget calls
-(the step never waits on the store), adoption waits only in the heartbeat thread.
+(the step never waits on the store). Adoption waits on the engine thread (a step can take
+seconds on a loaded host), so it has a thread of its own: the beats never wait for it, or a
+replica adopting many streams would miss beats, be taken for dead and lose them again.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import queue
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -67,9 +71,13 @@ class Homing:
         self._inflight: list[ray.ObjectRef] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._beat, name="qvg-heartbeat", daemon=True)
+        self._to_adopt: queue.Queue[str] = queue.Queue()
+        self._queued: set[str] = set()  # adoptions asked for and not yet tried
+        self._adopter = threading.Thread(target=self._adopt_loop, name="qvg-adopt", daemon=True)
 
     def start(self) -> None:
         self._thread.start()
+        self._adopter.start()
 
     # -- bookkeeping (any thread) ----------------------------------------------------------------
 
@@ -126,10 +134,25 @@ class Homing:
                 for pid in reply["revoke"]:
                     self._drop(pid)
                 for pid in reply["adopt"]:
-                    if pid not in self.by_pid and not self._stop.is_set():
-                        self._adopt(pid)
+                    if pid not in self.by_pid and pid not in self._queued:
+                        self._queued.add(pid)
+                        self._to_adopt.put(pid)
             except Exception:  # the store restarting, a slow call: beat again
                 log.warning("heartbeat to the stream store failed", exc_info=True)
+
+    def _adopt_loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                pid = self._to_adopt.get(timeout=self.heartbeat_s)
+            except queue.Empty:
+                continue
+            try:
+                if not self._stop.is_set():
+                    self._adopt(pid)
+            except Exception:  # a slow engine or store: the next beat asks again
+                log.warning("adopting %s failed; retrying", pid, exc_info=True)
+            finally:
+                self._queued.discard(pid)
 
     def _drop(self, pid: str) -> None:
         loc = self.by_pid.get(pid)
