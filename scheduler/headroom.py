@@ -8,6 +8,12 @@ Eager encoding (policy "eager", the default) encodes what leaves the BF16 window
 the pool holds history at the deep format long before memory runs short; pressure is then the
 exception, not the way compression happens.
 
+`encode_room` keeps the GPU pool able to begin an encode: an encode's destination (deep pages
+and a codebook) is allocated before its BF16 sources are freed, so a pool whose last free
+blocks went to BF16 commits while its streams hold encodable BF16 can only free memory by
+losing history. Under the eager policy a new BF16 allocation that would take those blocks
+waits one step while an encode takes them instead.
+
 `fits_at_deep` is the lossless-first rule of the ladder: while every resident stream's history
 would fit at the deep format (sink + window + the reserved commit pages BF16), plus what a
 requester needs, drop and preempt wait for the lossless plans under way instead of losing
@@ -20,10 +26,11 @@ import math
 from collections.abc import Mapping
 
 from .config import SchedulerConfig
+from .layout import codebook_kind
 from .output import Effects
 from .rungs import NOTHING, PoolOps
 from .stream import Stream
-from .vocab import EncodePolicy, Format, StreamState, Tier
+from .vocab import EncodePolicy, Format, StreamState, Tier, Unit
 
 
 class Headroom:
@@ -41,6 +48,24 @@ class Headroom:
         self.bf16 = ops.page_bytes[Format.BF16]
         self.deep = ops.page_bytes.get(config.deep_format, self.bf16)
         self.codebook = ops.codebook_bytes.get(config.deep_format, 0)
+        layout = ops.alloc.layout
+        kinds = {Format.BF16: 0, config.deep_format: config.eager_span_pages}
+        if layout.has_codebook(config.deep_format):
+            kinds[codebook_kind(config.deep_format)] = 1
+        # kind -> (items per block, items one eager span's encode needs of it)
+        self._span_items = {k: (layout.items_per_block(k), n) for k, n in kinds.items()}
+
+    def encode_room(self, take: int) -> bool:
+        """Whether one eager span's encode (its deep pages and codebook) can still begin on
+        the GPU after `take` more BF16 pages are allocated there. O(1)."""
+        alloc, gpu = self.ops.alloc, Tier.GPU
+        free = alloc.free_blocks(gpu)
+        left = free
+        for kind, (per, n) in self._span_items.items():
+            want = take if kind == Format.BF16 else n
+            typed = alloc.free_items(gpu, kind) - free * per  # free slots of typed blocks
+            left -= -(-max(0, want - typed) // per)
+        return left >= 0
 
     def at_deep(self, s: Stream) -> int:
         """GPU bytes `s` holds once its middle history is at the deep format."""
@@ -58,6 +83,20 @@ class Headroom:
             if s.state is not StreamState.PREEMPTED:
                 need += self.at_deep(s)
         return need <= self.arena
+
+    def may_wait(self, s: Stream, extra: int, unit: Unit = Unit.BYTES) -> bool:
+        """Lossless first: `s` waits instead of anyone losing history while memory comes back
+        without loss (plans under way, or another running stream's reserved commit, which
+        ends that stream or gives it encodable pages) and every resident stream fits at the
+        deep format beside `extra` bytes (0 for a tenant's pages: the pool is not short)."""
+        if not self.ops.pending_frees and not self.commit_ahead(s):
+            return False
+        return self.fits_at_deep(extra if unit == Unit.BYTES else 0)
+
+    def commit_ahead(self, s: Stream) -> bool:
+        """Whether another running stream holds a commit reservation (it makes progress)."""
+        running = StreamState.RUNNING
+        return any(x.reserved and x.state is running and x is not s for x in self.admitted.values())
 
     def eager(self, fx: Effects) -> int:
         """Order up to eager_plans_per_step encode plans for streams whose BF16 middle grew;

@@ -166,6 +166,10 @@ class PageAllocator:
         self.layout.items_per_block(kind)  # ValueError for an unknown kind
         return self._rec.slabs[check_tier(tier)].free_items(kind)
 
+    def free_blocks(self, tier: str) -> int:
+        """Untyped blocks of `tier`: usable by any item kind. O(1)."""
+        return self._rec.slabs[check_tier(tier)].free_blocks()
+
     def stats(self) -> PoolStats:
         """Snapshot of the counters: O(kinds), no recount (check_invariants recounts)."""
         return page_audit.stats(self)
