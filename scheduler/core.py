@@ -57,10 +57,7 @@ class Scheduler:
         self.ops = PoolOps(config, allocator, book=self.book)
         self.ladder = Ladder(config, self.ops, self.book)
         self.queue = RunQueue()
-        layout = allocator.layout
-        self.footprints = Footprints(
-            config, dict(layout.page_bytes), dict(layout.codebook_bytes), self.ladder.total
-        )
+        self.footprints = Footprints(config, allocator.layout)
         self.lifecycle = Lifecycle(
             config, allocator, self.ops, self.ladder, self.queue, self.footprints
         )
@@ -296,7 +293,7 @@ class Scheduler:
             if not self._make_room(s, n * self.ops.page_bytes[bf16], fx, batch, Unit.BYTES):
                 return None
             pages = self.alloc.allocate(s.id, bf16, n)
-            lossy = not (self._reserve and self.room.may_wait(s, n * self.room.bf16))
+            lossy = not (self._reserve and self.room.may_wait(s, batch, n * self.room.bf16))
             if isinstance(pages, OutOfPages) and Rung.DROP in self.config.rungs and lossy:
                 self.ops.drop(s, fx)  # nobody else may lose more: its own middle history
                 pages = self.alloc.allocate(s.id, bf16, n)
@@ -314,7 +311,7 @@ class Scheduler:
             pool = self.lifecycle.admitted.values()
             self.ladder.relieve(need, pool, batch | {s.id}, LOSSLESS, s, fx)
             self._lossless_done = self.step
-        return self.ops.pending_frees > 0 or self.room.commit_ahead(s)
+        return self.ops.pending_frees > 0 or self.room.commit_ahead(s, batch)
 
     def _make_room(self, s: Stream, need: int, fx: Effects, batch: set[int], unit: Unit) -> bool:
         """Lossless rungs first; if their plans (next step) cannot cover `need`, lossy ones
@@ -330,7 +327,11 @@ class Scheduler:
             self._lossless_done = self.step if tenant is None else self._lossless_done
         if pending + got >= need:
             return False  # wait for the plans to commit: cheaper than losing history
-        if self._reserve and (got or unit == Unit.BYTES) and self.room.may_wait(s, need, unit):
+        if (
+            self._reserve
+            and (got or unit == Unit.BYTES)
+            and self.room.may_wait(s, batch, need, unit)
+        ):
             return False  # lossless progress is under way and everything fits once it lands
         if tenant is None and self._lossy_dry == self.step:
             return True  # an O(streams) search already came back empty this step

@@ -23,8 +23,9 @@ history. O(resident streams), and asked only when a lossy rung is about to run.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 
+from .admission import costs
 from .config import SchedulerConfig
 from .layout import codebook_kind
 from .output import Effects
@@ -44,11 +45,10 @@ class Headroom:
         self.config = config
         self.ops = ops
         self.admitted = admitted
-        self.arena = arena_bytes
-        self.bf16 = ops.page_bytes[Format.BF16]
-        self.deep = ops.page_bytes.get(config.deep_format, self.bf16)
-        self.codebook = ops.codebook_bytes.get(config.deep_format, 0)
         layout = ops.alloc.layout
+        # slab bytes per item, and the encode destination kept free: as admission counts them
+        self.bf16, self.deep, self.codebook, reserve = costs(config, layout)
+        self.arena = arena_bytes - reserve
         kinds = {Format.BF16: 0, config.deep_format: config.eager_span_pages}
         if layout.has_codebook(config.deep_format):
             kinds[codebook_kind(config.deep_format)] = 1
@@ -68,13 +68,27 @@ class Headroom:
         return left >= 0
 
     def at_deep(self, s: Stream) -> int:
-        """GPU bytes `s` holds once its middle history is at the deep format."""
+        """GPU bytes `s` holds once its middle history is at the deep format: spans already
+        encoded count as they are (one codebook each), BF16 pages as eager spans would."""
         cfg = self.config
-        gpu = sum(len(x.pages) for x in s.segments if x.tier == Tier.GPU)
-        hot = min(gpu, cfg.sink_pages + cfg.window_pages)
-        rest = gpu - hot
-        spans = math.ceil(rest / cfg.eager_span_pages) if rest else 0
-        return (hot + len(s.reserved)) * self.bf16 + rest * self.deep + spans * self.codebook
+        gpu, bf16, coded = Tier.GPU, Format.BF16, 0
+        plain = spans = 0
+        for x in s.segments:
+            if x.tier != gpu:
+                continue
+            if x.fmt == bf16:
+                plain += len(x.pages)
+            else:
+                coded += len(x.pages)
+                spans += 1
+        hot = min(plain, cfg.sink_pages + cfg.window_pages)
+        rest = plain - hot
+        spans += math.ceil(rest / cfg.eager_span_pages) if rest else 0
+        return (
+            (hot + len(s.reserved)) * self.bf16
+            + (rest + coded) * self.deep
+            + (spans * self.codebook)
+        )
 
     def fits_at_deep(self, extra: int = 0) -> bool:
         """Whether every resident stream at the deep format, plus `extra` bytes, fits."""
@@ -84,17 +98,22 @@ class Headroom:
                 need += self.at_deep(s)
         return need <= self.arena
 
-    def may_wait(self, s: Stream, extra: int, unit: Unit = Unit.BYTES) -> bool:
+    def may_wait(
+        self, s: Stream, batch: Collection[int], extra: int, unit: Unit = Unit.BYTES
+    ) -> bool:
         """Lossless first: `s` waits instead of anyone losing history while memory comes back
-        without loss (plans under way, or another running stream's reserved commit, which
-        ends that stream or gives it encodable pages) and every resident stream fits at the
-        deep format beside `extra` bytes (0 for a tenant's pages: the pool is not short)."""
-        if not self.ops.pending_frees and not self.commit_ahead(s):
+        without loss (plans under way, or another stream's commit ahead) and every resident
+        stream fits at the deep format beside `extra` bytes (0 for a tenant's pages)."""
+        if not self.ops.pending_frees and not self.commit_ahead(s, batch):
             return False
         return self.fits_at_deep(extra if unit == Unit.BYTES else 0)
 
-    def commit_ahead(self, s: Stream) -> bool:
-        """Whether another running stream holds a commit reservation (it makes progress)."""
+    def commit_ahead(self, s: Stream, batch: Collection[int]) -> bool:
+        """Whether another stream makes progress without new memory: one already in this
+        step's `batch`, or a running one holding a commit reservation. Its commit ends it
+        (freeing its pages) or gives it encodable pages."""
+        if any(sid != s.id for sid in batch):
+            return True
         running = StreamState.RUNNING
         return any(x.reserved and x.state is running and x is not s for x in self.admitted.values())
 
