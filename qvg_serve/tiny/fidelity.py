@@ -79,14 +79,24 @@ def colour_match(frames: torch.Tensor, colour: str, background: str | None = Non
     """uint8 [F, H, W, 3] -> bool [F, H, W]: pixels of `colour` at a shade in [0.8, 1.05];
     with `background`, not those within BACKGROUND_TOLERANCE of that background image (the
     gradient's corner is purple-ish)."""
+    return colour_matches(frames, [colour], background)[0]
+
+
+def colour_matches(frames: torch.Tensor, colours, background: str | None = None) -> torch.Tensor:
+    """`colour_match` for several colours at once -> bool [len(colours), F, H, W] (the frames
+    are converted and the background compared once: the colour vote scores all 8)."""
     p = frames.float() / 255
-    c = torch.tensor(data.COLOURS[colour])
-    s = ((p * c).sum(-1) / c.pow(2).sum()).clamp(0.8, 1.05)
-    match = (p - s[..., None] * c).norm(dim=-1) < COLOUR_TOLERANCE
+    far = None
     if background is not None:
         bg = data.background(background, "cpu").permute(1, 2, 0)
-        match &= (p - bg).norm(dim=-1) > BACKGROUND_TOLERANCE
-    return match
+        far = (p - bg).pow(2).sum(-1) > BACKGROUND_TOLERANCE**2
+    out = []
+    for colour in colours:
+        c = torch.tensor(data.COLOURS[colour])
+        s = ((p @ c) / c.pow(2).sum()).clamp(0.8, 1.05)
+        match = (p - s[..., None] * c).pow(2).sum(-1) < COLOUR_TOLERANCE**2
+        out.append(match if far is None else match & far)
+    return torch.stack(out)
 
 
 def shape_features(mask: torch.Tensor, bins: int = 48) -> torch.Tensor | None:
@@ -218,10 +228,8 @@ class Scorer:
         }
 
     def _colour(self, video: torch.Tensor, prompt: Prompt) -> str:
-        excess = {
-            c: colour_match(video, c, prompt.background).float().mean().item() for c in data.COLOURS
-        }
-        return max(excess, key=excess.get)
+        share = colour_matches(video, data.COLOURS, prompt.background).float().mean((1, 2, 3))
+        return list(data.COLOURS)[int(share.argmax())]
 
     def _background(self, video: torch.Tensor, match: torch.Tensor) -> str:
         near = F.max_pool2d(match.float()[:, None], 7, 1, 3)[:, 0] > 0  # object + 3 px
