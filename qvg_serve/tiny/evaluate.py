@@ -15,6 +15,7 @@ Writes docs/tiny_samples.png, docs/tiny_sample.mp4 and prints/returns the number
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -193,9 +194,17 @@ def main(argv=None) -> dict:
     p.add_argument("--fidelity-frames", type=int, default=48, help="frames per scored video")
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", default="docs")
+    p.add_argument(
+        "--timesteps",
+        default=None,
+        help="comma-separated sampler timesteps to try instead of the preset's (a variant)",
+    )
     args = p.parse_args(argv)
     torch.manual_seed(0)
     model = load_tiny(args.weights, args.device)
+    if args.timesteps:
+        steps = tuple(float(x) for x in args.timesteps.split(","))
+        model.config = dataclasses.replace(model.config, timesteps=steps)
     encoder = HashedWordEncoder(TINY.text_len, TINY.text_dim)
     t0 = time.time()
     result = {
@@ -203,6 +212,7 @@ def main(argv=None) -> dict:
             model, encoder, args.shape_prompts, args.photo_prompts, args.fidelity_frames
         )
     }
+    result["timesteps"] = list(model.config.timesteps)
     result["fidelity_seconds"] = round(time.time() - t0, 1)
     print(json.dumps(result["fidelity"], indent=1), flush=True)
     t0 = time.time()

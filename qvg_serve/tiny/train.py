@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from qvg_serve.engine.sampler import sigma
-from qvg_serve.models import TINY, HashedWordEncoder, build_model
+from qvg_serve.models import TINY, HashedWordEncoder, build_model, load_checkpoint
 from qvg_serve.models.base import ChunkInput, chunk_positions
 from qvg_serve.models.pixel_ae import SCALE, SHIFT, PixelAE
 from qvg_serve.tiny import data
@@ -40,6 +40,9 @@ TRAIN_SEED_BASE = 10**9
 """Training clips use seeds seed * TRAIN_SEED_BASE + k (k < 1e9); evaluation uses
 `EVAL_SEED_BASE` + i, which no training run reaches."""
 EVAL_SEED_BASE = 10**15
+FIRST_SEED_OFFSET = 5 * 10**8
+"""First-chunk clips use seeds seed * TRAIN_SEED_BASE + FIRST_SEED_OFFSET + k: disjoint from
+the main batches' (k < 5e8 for 15 M steps of 32)."""
 
 
 class BlockCausalContext:
@@ -103,12 +106,12 @@ def latent_weight(cover: torch.Tensor) -> torch.Tensor:
     return (1 + OBJECT_WEIGHT * torch.cat([a] * 3, 1)).transpose(0, 1)
 
 
-def make_batch(seeds, chunks: int, device, encoder: HashedWordEncoder):
+def make_batch(seeds, chunks: int, device, encoder: HashedWordEncoder, from_start=False):
     """(latents [B, C, K * 3, h, w] fp32, text [B, text_len, text_dim], loss weight like
-    latents, starts [B]: each clip's first frame)."""
+    latents, starts [B]: each clip's first frame). `from_start`: every clip from frame 0."""
     ae, lats, caps, weights, starts = PixelAE(), [], [], [], []
     for s in seeds:
-        spec, start = data.clip_spec(s), clip_window(s)
+        spec, start = data.clip_spec(s), 0 if from_start else clip_window(s)
         frames, cover = data.render(spec, chunks * TINY.frames_per_chunk, start, device, True)
         lats.append(ae.encode(frames))
         weights.append(latent_weight(cover))
@@ -118,20 +121,38 @@ def make_batch(seeds, chunks: int, device, encoder: HashedWordEncoder):
     return torch.stack(lats), text, torch.stack(weights), torch.tensor(starts)
 
 
-def sample_t(n: int, gen: torch.Generator) -> torch.Tensor:
-    """n timesteps: half one of the inference timesteps, half uniform in [0, 1000]."""
-    table = torch.tensor(TINY.timesteps)
+def sample_t(n: int, gen: torch.Generator, p_table: float = 0.5, table=None) -> torch.Tensor:
+    """n timesteps: with probability p_table one of `table` (default: the inference
+    timesteps), else uniform in [0, 1000]."""
+    table = torch.tensor(table or TINY.timesteps)
     pick = table[torch.randint(len(table), (n,), generator=gen)]
     uniform = torch.rand(n, generator=gen) * 1000
-    return torch.where(torch.rand(n, generator=gen) < 0.5, pick, uniform)
+    return torch.where(torch.rand(n, generator=gen) < p_table, pick, uniform)
 
 
-def flow_loss(model, batch, gen: torch.Generator, context_noise: float = 0.05):
+FIRST_P_TABLE = 0.75
+"""First-chunk batches draw 3 in 4 timesteps from the sampler's own table: the first chunk
+is made from the caption alone, at exactly those steps (t = 1000 decides where and what)."""
+
+
+def flow_loss(
+    model,
+    batch,
+    gen: torch.Generator,
+    context_noise: float = 0.05,
+    p_table: float = 0.5,
+    table=None,
+    motion_weight: float = 0.0,
+    own_first: float = 0.0,
+):
     """(weighted MSE of the predicted flow, plain MSE on object pixels) over the noisy
     chunks of `batch` (from `make_batch`); `gen` on the latents' device draws the noise (a
     CPU generator seeded from it draws timesteps). A clip that does not start at frame 0
     is not scored on its first chunk: without context, that chunk is the caption's first
-    pose only at frame 0."""
+    pose only at frame 0. `motion_weight` adds the weighted MSE of the error's change from
+    frame to frame inside a chunk: the same optimum, but a chunk drawn from the caption alone
+    that stands still while the object should move costs more (its 1-2 px per frame of
+    motion is below the 8 px token and barely shows in the plain MSE)."""
     latents, text, weight, starts = batch
     cpu_gen = torch.Generator().manual_seed(
         int(torch.randint(2**62, (), generator=gen, device=gen.device))
@@ -140,13 +161,15 @@ def flow_loss(model, batch, gen: torch.Generator, context_noise: float = 0.05):
     fpc = model.config.frames_per_chunk
     k = frames // fpc
     x0 = latents.unflatten(2, (k, fpc)).permute(0, 2, 1, 3, 4, 5)  # [B, K, C, 3, h, w]
-    t = sample_t(b * k, cpu_gen).view(b, k)
+    t = sample_t(b * k, cpu_gen, p_table, table).view(b, k)
     s = torch.tensor([[sigma(float(v), SHIFT_T) for v in row] for row in t])
     s = s.to(latents.device)[..., None, None, None, None]
     noise = torch.randn(x0.shape, generator=gen, device=gen.device)
     xt = (1 - s) * x0 + s * noise
     aug = torch.rand(b, 1, 1, 1, 1, 1, generator=cpu_gen).to(latents.device) * context_noise
     ctx_clean = x0 + aug * torch.randn(x0.shape, generator=gen, device=gen.device)
+    if own_first and k > 1:
+        ctx_clean = with_own_first_chunk(model, ctx_clean, text, starts, own_first, gen)
     chunks = []
     for i in range(b):
         chunks += [ChunkInput(ctx_clean[i, j], 0.0, text[i], j * fpc) for j in range(k - 1)]
@@ -160,7 +183,49 @@ def flow_loss(model, batch, gen: torch.Generator, context_noise: float = 0.05):
     w = w * scored.reshape(-1, 1, 1, 1, 1)
     obj = (w > 1 + OBJECT_WEIGHT / 2).float()  # pixels the object covers more than half
     obj_mse = (err * obj).sum() / obj.sum().clamp(min=1)
-    return (err * w).sum() / w.sum(), obj_mse
+    loss = (err * w).sum() / w.sum()
+    if motion_weight:
+        diff = pred.float() - (noise - x0).reshape(pred.shape).float()  # [B*K, C, 3, h, w]
+        step = (diff[:, :, 1:] - diff[:, :, :-1]).pow(2)
+        wm = w[:, :, 1:]
+        loss = loss + motion_weight * (step * wm).sum() / wm.sum().clamp(min=1e-6)
+    return loss, obj_mse
+
+
+@torch.no_grad()
+def sample_first_chunk(model, text: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """The model's own first chunk [B, C, 3, h, w] from the captions alone: the inference
+    sampler (the preset's timesteps, re-noise with fresh noise, shift `SHIFT_T`)."""
+    cfg, b = model.config, text.shape[0]
+    shape = (b, cfg.in_channels, cfg.frames_per_chunk, cfg.latent_height, cfg.latent_width)
+    x = torch.randn(shape, generator=gen, device=gen.device)
+    steps, ctx = cfg.timesteps, BlockCausalContext(model, 1)
+    for j, t in enumerate(steps):
+        out = model([ChunkInput(x[i], float(t), text[i], 0) for i in range(b)], ctx)
+        x0 = x - sigma(float(t), SHIFT_T) * torch.stack(out).float()
+        if j + 1 < len(steps):
+            s = sigma(float(steps[j + 1]), SHIFT_T)
+            x = (1 - s) * x0 + s * torch.randn(shape, generator=gen, device=gen.device)
+    return x0
+
+
+def with_own_first_chunk(model, ctx_clean, text, starts, share: float, gen) -> torch.Tensor:
+    """`ctx_clean` [B, K, C, 3, h, w] with the first chunk of a `share` of the clips that start
+    at frame 0 replaced by the model's own sample of it. At inference chunk 1 follows the
+    model's own chunk 0, which is blurrier and moves less than the true one; trained only on
+    true context the model copies a still chunk 0 and the object stops. Targets stay the true
+    clip's: from its own first chunk, the caption must carry the motion on."""
+    pick = (starts == 0) & (torch.rand(len(starts)) < share)
+    if not pick.any():
+        return ctx_clean
+    idx = pick.nonzero().flatten().to(ctx_clean.device)
+    was = model.training
+    model.eval()
+    own = sample_first_chunk(model, text[idx], gen)
+    model.train(was)
+    ctx_clean = ctx_clean.clone()
+    ctx_clean[idx, 0] = own.to(ctx_clean.dtype)
+    return ctx_clean
 
 
 def new_model(seed: int, device):
@@ -205,6 +270,18 @@ def parse(argv):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="out/tiny", help="directory for tiny.safetensors etc.")
     p.add_argument("--resume", default=None, help="checkpoint file to resume from")
+    p.add_argument(
+        "--init",
+        default=None,
+        help="start from these weights (a tiny.safetensors; fresh optimizer): fine-tuning",
+    )
+    p.add_argument(
+        "--first-batch",
+        type=int,
+        default=64,
+        help="extra clips per step trained on their first chunk only, from frame 0, where "
+        "the caption alone decides the picture (0: off)",
+    )
     p.add_argument("--device", default="auto")
     p.add_argument(
         "--smoke",
@@ -216,9 +293,29 @@ def parse(argv):
     p.add_argument(
         "--ckpt", default=None, help="resumable checkpoint file (default OUT/tiny_ckpt.pt)"
     )
+    p.add_argument(
+        "--timesteps",
+        default=None,
+        help="comma-separated timestep table the training draws from (default: the preset's)",
+    )
+    p.add_argument(
+        "--motion-weight",
+        type=float,
+        default=1.0,
+        help="weight of the frame-to-frame error term (see flow_loss; 0: off)",
+    )
+    p.add_argument(
+        "--own-first",
+        type=float,
+        default=0.5,
+        help="share of frame-0 clips whose first context chunk is the model's own sample "
+        "(see with_own_first_chunk; 0: off)",
+    )
     args = p.parse_args(argv)
+    args.table = tuple(float(x) for x in args.timesteps.split(",")) if args.timesteps else None
     if args.smoke:
         args.batch, args.chunks, args.steps, args.warmup, args.log_every = 2, 2, 4, 1, 1
+        args.first_batch = min(args.first_batch, 2)
     return args
 
 
@@ -232,6 +329,9 @@ def main(argv=None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     model = new_model(args.seed, dev)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.99), weight_decay=0.01)
+    if args.init:
+        load_checkpoint(model, args.init)
+        print(f"initialised from {args.init}", flush=True)
     ema = {k: v.detach().clone() for k, v in model.state_dict().items()}
     state = {"step": 0, "elapsed": 0.0, "losses": []}
     if args.resume and Path(args.resume).exists():
@@ -242,6 +342,11 @@ def main(argv=None) -> dict:
     encoder = HashedWordEncoder(TINY.text_len, TINY.text_dim)
     gen = torch.Generator(dev).manual_seed(args.seed * 7919 + state["step"])
     fixed = make_batch(range(args.batch), args.chunks, dev, encoder) if args.smoke else None
+    first_fixed = (
+        make_batch(range(args.first_batch), 1, dev, encoder, True)
+        if args.smoke and args.first_batch
+        else None
+    )
     budget, call_start = args.minutes * 60, time.time()
     stop_call = (args.stop_after or 1e9) * 60
     t0, window, last_save = time.time() - state["elapsed"], [], time.time()
@@ -256,7 +361,30 @@ def main(argv=None) -> dict:
         for g in opt.param_groups:
             g["lr"] = lr
         with torch.autocast(dev.type, torch.bfloat16, enabled=dev.type == "cuda"):
-            loss, obj_mse = flow_loss(model, batch, gen)
+            loss, obj_mse = flow_loss(
+                model,
+                batch,
+                gen,
+                table=args.table,
+                motion_weight=args.motion_weight,
+                own_first=args.own_first,
+            )
+            if args.first_batch:
+                base = args.seed * TRAIN_SEED_BASE + FIRST_SEED_OFFSET + step * args.first_batch
+                first = first_fixed or make_batch(
+                    range(base, base + args.first_batch), 1, dev, encoder, True
+                )
+                loss = (
+                    loss
+                    + flow_loss(
+                        model,
+                        first,
+                        gen,
+                        p_table=FIRST_P_TABLE,
+                        table=args.table,
+                        motion_weight=args.motion_weight,
+                    )[0]
+                )
         opt.zero_grad(set_to_none=True)
         loss.backward()
         gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -326,6 +454,13 @@ def write_outputs(args, dev, out: Path, ema: dict, state: dict) -> dict:
             "ema": args.ema,
             "autocast": "bf16 on cuda",
             "grad_clip": 1.0,
+            "first_chunk_batch": f"{args.first_batch} clips from frame 0, first chunk only, "
+            f"timesteps from the table with p={FIRST_P_TABLE}, loss added with weight 1",
+            "init": args.init,
+            "timestep_table": args.table or TINY.timesteps,
+            "own_first_chunk": f"{args.own_first} of frame-0 clips: context chunk 0 is the "
+            "model's own 4-step sample (no grad)",
+            "motion_weight": f"{args.motion_weight} x weighted MSE of the frame-to-frame error",
         },
         "loss_curve": state["losses"],
         "loss_curve_columns": ["step", "seconds", "weighted loss", "object-pixel mse"],
