@@ -188,8 +188,9 @@ def build_api(
         if where["frames_done"] == 0:
             raise ApiError(409, "no_frames", "the stream ended without frames", "stream_id")
         cached = await store.video.remote(stream_id, who)
-        if cached is not None:
-            return Response(await cached, media_type="video/mp4")
+        if cached is not None:  # bytes from disk, or a ref into the object store
+            mp4 = cached if isinstance(cached, bytes) else await cached
+            return Response(mp4, media_type="video/mp4")
         jpegs = await delivery.all_jpegs(store, stream_id, who)
         mp4 = await asyncio.to_thread(mp4_from_jpegs, jpegs, FPS)
         store.put_video.remote(stream_id, mp4)

@@ -61,7 +61,9 @@ class QVGIngress:
         self.draining = Draining()
         dur = self.cfg.durability
         app = serve.get_replica_context().app_name
-        self.store = get_store(app, dur.heartbeat_s, dur.dead_after_s, dur.retention_s)
+        self.store = get_store(
+            app, dur.heartbeat_s, dur.dead_after_s, dur.retention_s, dur.spool_config(app)
+        )
 
     def __serve_build_asgi_app__(self):
         from qvg_serve.serve.api import build_api

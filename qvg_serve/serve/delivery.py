@@ -94,7 +94,7 @@ async def relay(store, pid: str, tenant: str, fmt: str, start: int, preamble: bo
         if got is None:  # released (retention) while being read
             return
         for chunk, first, ref in got["chunks"]:
-            jpegs = await ref
+            jpegs = ref if isinstance(ref, list) else await ref  # inline once on disk
             size = size or (jpeg_size(jpegs[0]) if jpegs else None)
             for j, jpeg in enumerate(jpegs):
                 if first + j < i:
@@ -121,8 +121,18 @@ def resume_from(start: int, last_event_id: str | None) -> int:
 
 
 async def all_jpegs(store, pid: str, tenant: str) -> list[bytes]:
-    got = await store.frames.remote(pid, tenant, 0, 0.0)
-    if got is None:
-        return []
-    parts = await asyncio.gather(*(ref for _, _, ref in got["chunks"]))
-    return [j for part in parts for j in part][: got["total"] or got["frames_done"]]
+    """Every JPEG of an ended stream, in order (a stream on disk comes in several answers)."""
+    out: list[bytes] = []
+    while True:
+        got = await store.frames.remote(pid, tenant, len(out), 0.0)
+        if got is None:
+            return out
+        before = len(out)
+        refs = [ref for _, _, ref in got["chunks"] if not isinstance(ref, list)]
+        fetched = iter(await asyncio.gather(*refs))
+        for _, first, ref in got["chunks"]:
+            part = ref if isinstance(ref, list) else next(fetched)
+            out.extend(part[len(out) - first :])
+        want = got["total"] or got["frames_done"]
+        if len(out) >= want or len(out) == before:  # all, or nothing more to come
+            return out[:want]

@@ -5,6 +5,7 @@
     heartbeat thread: every heartbeat_s: store.heartbeat(replica, ids held)
                       -> adopt: queued for the adopter thread
                       -> revoke: cancel here (the stream moved; its end is not reported)
+                      -> frames: the store's frame bytes by tier (on_frames: the metrics)
     adopter thread:   resume_info -> latents -> engine.submit(resume=...) -> adopted
     __del__ (drain):  stop stepping, flush the commits in flight, store.hand_over(replica)
 
@@ -61,9 +62,11 @@ class Homing:
         loop: EngineLoop,
         encode_text: Callable[[str], torch.Tensor],
         heartbeat_s: float,
+        on_frames: Callable[[dict[str, int]], None] | None = None,
     ) -> None:
         self.replica, self.store, self.engine, self.loop = replica, store, engine, loop
         self.encode_text, self.heartbeat_s = encode_text, heartbeat_s
+        self.on_frames = on_frames
         self.video_fpc = engine.facts.frames_per_chunk
         self.by_pid: dict[str, Local] = {}
         self.by_sid: dict[int, Local] = {}
@@ -131,6 +134,8 @@ class Homing:
                     self.store.heartbeat.remote(self.replica, list(self.by_pid)),
                     timeout=CALL_TIMEOUT_S,
                 )
+                if self.on_frames is not None:
+                    self.on_frames(reply["frames"])
                 for pid in reply["revoke"]:
                     self._drop(pid)
                 for pid in reply["adopt"]:

@@ -69,12 +69,21 @@ class Homes:
         self.engine, self.store = engine, store
 
     async def route(self, stream_id: str, who: str) -> dict[str, Any]:
-        """The store's view of a stream (home replica, state); 404 if unknown or foreign."""
+        """The store's view of a stream (home replica, state); 404 if unknown or foreign,
+        410 if it ended and its frames were deleted for a cap (store.py)."""
         got = None
         if stream_ids.owner(stream_id):
             got = await self.store.route.remote(stream_id, who)
         if got is None:
             raise not_found(stream_id)
+        if got["state"] == "gone":
+            raise ApiError(
+                410,
+                "gone",
+                f"stream {stream_id[:80]!r} ended and was deleted before its retention: "
+                f"{got['detail']}",
+                "stream_id",
+            )
         return got
 
     async def on_home(self, method: str, stream_id: str, who: str, where: dict, **kw):

@@ -38,6 +38,8 @@ REJECT_REASONS = (
     "too_large",  # body over server.max_body_bytes (413)
 )
 """Values of the `reason` label of qvg_requests_rejected_total."""
+FRAME_TIERS = ("ram", "disk")
+"""Values of the `tier` label of qvg_frames_held_bytes (the stream store's media)."""
 
 # Latency buckets (seconds), ~50 ms to ~60 s. Time to first frame = admission + one chunk's
 # denoising steps + VAE decode: ~0.1-0.5 s for the tiny model on a CPU or one Self-Forcing
@@ -114,6 +116,12 @@ _SPECS: tuple[_Spec, ...] = (
     _Spec("inter_chunk", "qvg_inter_chunk_latency_seconds", Histogram,
           "Time between consecutive chunks of one stream (vLLM: inter_token_latency_seconds).",
           buckets=LATENCY_BUCKETS),
+    _Spec("frame_bytes", "qvg_frames_held_bytes", Gauge,
+          "Bytes of ended streams' frames (JPEGs, video.mp4) the app's stream store holds, by "
+          "tier: ram = object store (capped by durability.frames_ram_mib), disk = "
+          "durability.frames_dir (frames_disk_gib). App-wide, as of this replica's last "
+          "heartbeat: every replica reports the same figure, so aggregate with max(), not "
+          "sum().", ("tier",)),
     _Spec("start_time", "qvg_replica_start_time_seconds", Gauge,
           "Unix time the replica's metrics began (like process_start_time_seconds): a change "
           "on one target is a replica restart, which also resets its counters."),
@@ -164,6 +172,7 @@ class Metrics:
     batch_streams: Histogram
     ttff: Histogram
     inter_chunk: Histogram
+    frame_bytes: Gauge
     start_time: Gauge
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
@@ -174,6 +183,8 @@ class Metrics:
             self.ladder_transitions.labels(rung=rung)
         for reason in REJECT_REASONS:
             self.rejected.labels(reason=reason)
+        for tier in FRAME_TIERS:
+            self.frame_bytes.labels(tier=tier)
         self.start_time.set(time.time())
 
     def set_streams(self, counts: Mapping[str, int]) -> None:
@@ -192,6 +203,11 @@ class Metrics:
             for fmt, tier in seen | set(values):
                 _check(tier, TIERS, "tier")
                 metric.labels(format=fmt, tier=tier).set(values.get((fmt, tier), 0))
+
+    def set_frame_bytes(self, by_tier: Mapping[str, int]) -> None:
+        """Set qvg_frames_held_bytes from the store's figures (FRAME_TIERS)."""
+        for tier, nbytes in by_tier.items():
+            self.frame_bytes.labels(tier=_check(tier, FRAME_TIERS, "tier")).set(nbytes)
 
     def transition(self, rung: str, n: int = 1) -> None:
         """Count `n` ladder actions of `rung` (a name from scheduler.config.RUNGS)."""

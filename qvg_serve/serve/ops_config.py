@@ -11,6 +11,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from qvg_serve.serve.spool import SpoolConfig, default_root
+
 
 class Strict(BaseModel):
     """Every settings model: unknown keys fail naming the key; values are frozen."""
@@ -77,7 +79,7 @@ class DeploymentSettings(Strict):
 
 class DurabilitySettings(Strict):
     """The stream store (serve/store.py): how fast a dead replica's streams move, how long an
-    ended stream's frames stay readable."""
+    ended stream's frames stay readable, and how much RAM and disk they may take meanwhile."""
 
     heartbeat_s: float = Field(
         0.5, gt=0, description="Seconds between an engine replica's heartbeats to the store."
@@ -100,6 +102,38 @@ class DurabilitySettings(Strict):
         description="Serve's graceful_shutdown_timeout_s of an engine replica: a replica being "
         "replaced hands its streams over within it (the handover itself takes well under 1 s).",
     )
+
+    frames_ram_mib: float = Field(
+        1024.0,
+        ge=0,
+        description="Object-store memory (MiB) the store may hold for ended streams' frames "
+        "(JPEGs, video.mp4); beyond it the oldest ended streams move to frames_dir and are "
+        "read from there. Live streams' frames are never moved. 0 = each stream moves as it "
+        "ends.",
+    )
+    frames_disk_gib: float = Field(
+        8.0,
+        ge=0,
+        description="Disk (GiB) under frames_dir for ended streams' frames; beyond it the "
+        "oldest are deleted (their id answers 410). Keep it under the filesystem's free space "
+        "(the chart's tmpSize when frames_dir is under /tmp). 0 = no disk: past the RAM cap "
+        "the oldest ended streams are deleted.",
+    )
+    frames_dir: str | None = Field(
+        None,
+        min_length=1,
+        description="Directory, on the store's (head) node, for ended streams' frames; each app "
+        "gets a folder inside, cleared when the store starts. None = <system temp dir>/"
+        "qvg-serve-frames.",
+    )
+
+    def spool_config(self, app: str) -> SpoolConfig:
+        """The store's frame budget (spool.py) for Serve application `app`."""
+        return SpoolConfig(
+            root=default_root(app, self.frames_dir),
+            ram_bytes=int(self.frames_ram_mib * (1 << 20)),
+            disk_bytes=int(self.frames_disk_gib * (1 << 30)),
+        )
 
     @model_validator(mode="after")
     def _beats_before_death(self) -> DurabilitySettings:

@@ -67,10 +67,18 @@ class EngineReplica:
         )
         self.frames_per_chunk = self.engine.facts.frames_per_chunk
         dur = self.cfg.durability
-        self.store = get_store(self.app, dur.heartbeat_s, dur.dead_after_s, dur.retention_s)
+        self.store = get_store(
+            self.app, dur.heartbeat_s, dur.dead_after_s, dur.retention_s, dur.spool_config(self.app)
+        )
         self.loop = EngineLoop(self.engine, self.metrics, self._chunk_done, self._ended)
         self.homing = Homing(
-            self.replica_id, self.store, self.engine, self.loop, self._encode, dur.heartbeat_s
+            self.replica_id,
+            self.store,
+            self.engine,
+            self.loop,
+            self._encode,
+            dur.heartbeat_s,
+            on_frames=self.metrics.set_frame_bytes,
         )
         self.homing.start()
 

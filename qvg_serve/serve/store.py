@@ -9,6 +9,10 @@ prompt (and every later prompt, with the chunk it applied from), seed, frames re
 priority, and per committed chunk two objects it `ray.put` itself (so the store, not the
 replica that produced them, owns them and they outlive that replica): the clean latents and
 the JPEG frames. An ended stream keeps its frames `retention_s`, then every object is released.
+Its latents go at its end (only a live stream is ever continued); its frames stay in the object
+store while ended streams' frames fit `durability.frames_ram_mib`, and beyond it the oldest
+move to local disk (spool.py) and are read from there, until `frames_disk_gib` deletes the
+oldest (their ids answer 410). Live streams' frames are never moved.
 
 Routing after the birth replica is gone. A public id "<birth replica>-<n>" stays the stream's
 name for life; the store maps it to its current `home` replica (and that replica's engine id),
@@ -32,6 +36,9 @@ from typing import Any
 
 import ray
 
+from qvg_serve.serve.frame_keeper import FrameKeeper
+from qvg_serve.serve.spool import SpoolConfig, default_root
+
 NAMESPACE = "qvg-serve"
 
 
@@ -49,7 +56,9 @@ class Durable:
     actions: list[tuple[int, str]] = field(default_factory=list)  # (from chunk, prompt)
     latents: dict[int, ray.ObjectRef] = field(default_factory=dict)  # chunk -> [C, F, h, w]
     jpegs: dict[int, ray.ObjectRef] = field(default_factory=dict)  # chunk -> list[bytes]
-    nbytes: int = 0
+    nbytes: int = 0  # in the object store: latents, JPEGs, video.mp4
+    latent_bytes: int = 0
+    on_disk: int | None = None  # chunks on disk once spilled (then no refs are held)
     frames_done: int = 0  # frames of the contiguous committed prefix
     total: int | None = None  # frames there will be, once ended
     ended: str | None = None
@@ -64,8 +73,10 @@ class Durable:
         self.changed = asyncio.Event()
 
     def chunks_done(self) -> int:
+        if self.on_disk is not None:
+            return self.on_disk
         n = 0
-        while n in self.latents:
+        while n in self.jpegs:  # committed with its latents
             n += 1
         return n
 
@@ -81,9 +92,17 @@ class Durable:
 class StreamStore:
     """The actor (async: every method is a short critical section; `frames` long-polls)."""
 
-    def __init__(self, heartbeat_s: float, dead_after_s: float, retention_s: float) -> None:
+    def __init__(
+        self,
+        heartbeat_s: float,
+        dead_after_s: float,
+        retention_s: float,
+        spool: SpoolConfig | None = None,
+    ) -> None:
         self.dead_after_s, self.retention_s = dead_after_s, retention_s
         self.streams: dict[str, Durable] = {}
+        cfg = spool or SpoolConfig(default_root("local"), 2 << 30, 8 << 30)
+        self.kept = FrameKeeper(self.streams, cfg)  # ended streams' frames under the caps
         self.beats: dict[str, float] = {}  # replica -> last heartbeat (monotonic)
         self.leaving: set[str] = set()  # replicas that handed their streams over
         self.early: dict[str, list[tuple]] = {}  # commits that overtook their register
@@ -103,10 +122,11 @@ class StreamStore:
         if rec is None:
             self.early.setdefault(pid, []).append((home, chunk, latents, jpegs))
             return False
-        if rec.home != home or chunk in rec.latents or rec.ended is not None:
+        if rec.home != home or chunk in rec.jpegs or rec.ended is not None:
             return False
         rec.latents[chunk], rec.jpegs[chunk] = ray.put(latents), ray.put(jpegs)
         rec.nbytes += latents.nbytes + sum(len(j) for j in jpegs)
+        rec.latent_bytes += latents.nbytes
         rec.frames_done = min(rec.meta["frames"], rec.chunks_done() * rec.meta["fpc"])
         rec.notify()
         return True
@@ -116,15 +136,19 @@ class StreamStore:
         if rec is not None and rec.home == home:
             rec.actions.append((chunk, prompt))
 
-    def end(self, pid: str, home: str, reason: str, frames: int, final: dict | None) -> None:
+    async def end(self, pid: str, home: str, reason: str, frames: int, final: dict | None):
         rec = self.streams.get(pid)
         if rec is None or rec.home != home or rec.ended is not None:
             return
-        self._end(rec, reason, frames, final)
+        self._end(pid, rec, reason, frames, final)
 
-    def _end(self, rec: Durable, reason: str, frames: int, final: dict | None) -> None:
+    def _end(self, pid: str, rec: Durable, reason: str, frames: int, final: dict | None) -> None:
+        """(On the event loop: async callers.) Its latents go, its frames join the budget."""
         rec.ended, rec.ended_at, rec.total, rec.final = reason, time.monotonic(), frames, final
         rec.recovering_since = None
+        rec.latents.clear()
+        rec.nbytes, rec.latent_bytes = rec.nbytes - rec.latent_bytes, 0
+        self.kept.ended(pid, rec)
         rec.notify()
 
     # -- reads by the ingress -------------------------------------------------------------------
@@ -134,7 +158,8 @@ class StreamStore:
         self._sweep()
         rec = self.streams.get(pid)
         if rec is None or rec.meta["tenant"] != tenant:
-            return None
+            why = self.kept.gone_why(pid, tenant)
+            return None if why is None else {"state": "gone", "detail": why}
         return {
             "state": rec.state(),
             "home": rec.home,
@@ -161,9 +186,14 @@ class StreamStore:
             except TimeoutError:
                 pass
         fpc, done = rec.meta["fpc"], rec.chunks_done()
-        first = start // fpc
+        if rec.on_disk is not None:  # JPEG bytes inline (the disk is this node's)
+            chunks = await self.kept.read(pid, start)
+            if chunks is None:  # deleted for the disk cap meanwhile
+                return None
+        else:  # ObjectRefs: the reader fetches them from the object store
+            chunks = [(k, k * fpc, rec.jpegs[k]) for k in range(start // fpc, done)]
         return {
-            "chunks": [(k, k * fpc, rec.jpegs[k]) for k in range(first, done)],
+            "chunks": chunks,
             "frames_done": rec.frames_done,
             "total": rec.total,
             "state": rec.state(),
@@ -188,22 +218,24 @@ class StreamStore:
         ]
         return {"streams": listed, "replicas": sorted(self.beats)}
 
-    def video(self, pid: str, tenant: str) -> ray.ObjectRef | None:
+    async def video(self, pid: str, tenant: str) -> ray.ObjectRef | bytes | None:
+        """video.mp4 once built: a ref in the object store, or bytes read from disk."""
         rec = self.streams.get(pid)
-        ok = rec is not None and rec.meta["tenant"] == tenant
-        return rec.video if ok else None  # type: ignore[union-attr]
+        if rec is None or rec.meta["tenant"] != tenant:
+            return None
+        return rec.video if rec.on_disk is None else await self.kept.video(pid)
 
-    def put_video(self, pid: str, mp4: bytes) -> None:
+    async def put_video(self, pid: str, mp4: bytes) -> None:
         rec = self.streams.get(pid)
         if rec is not None and rec.ended is not None:
-            rec.video = ray.put(mp4)
+            await self.kept.put_video(pid, rec, mp4)
 
-    def cancel(self, pid: str, tenant: str) -> bool:
+    async def cancel(self, pid: str, tenant: str) -> bool:
         """End a stream that has no home right now (re-homing); True if it was recovering."""
         rec = self.streams.get(pid)
         if rec is None or rec.meta["tenant"] != tenant or rec.recovering_since is None:
             return False
-        self._end(rec, "cancelled", rec.frames_done, None)
+        self._end(pid, rec, "cancelled", rec.frames_done, None)
         return True
 
     # -- replica liveness and re-homing ---------------------------------------------------------
@@ -220,7 +252,7 @@ class StreamStore:
             if rec.ended is None and rec.home == replica and rec.recovering_since is not None
         ]
         revoke = [p for p in holding if p not in self.streams or self._not_home(p, replica)]
-        return {"adopt": adopt, "revoke": revoke}
+        return {"adopt": adopt, "revoke": revoke, "frames": self.kept.frame_bytes()}
 
     def _not_home(self, pid: str, replica: str) -> bool:
         rec = self.streams[pid]
@@ -298,6 +330,7 @@ class StreamStore:
         for pid in [p for p, r in self.streams.items() if r.ended is not None]:
             if now - self.streams[pid].ended_at >= self.retention_s:
                 del self.streams[pid]
+                self.kept.released(pid)
                 self.released += 1
 
     def load(self) -> dict[str, int]:
@@ -318,12 +351,13 @@ class StreamStore:
             "recovering": sum(1 for r in recs if r.recovering_since is not None),
             "objects": sum(len(r.latents) + len(r.jpegs) + (r.video is not None) for r in recs),
             "bytes": sum(r.nbytes for r in recs),
+            **self.kept.stats(),
             "released": self.released,
             "replicas": len(self.beats),
         }
 
 
-def get_store(app: str, heartbeat_s=0.5, dead_after_s=5.0, retention_s=600.0):
+def get_store(app: str, heartbeat_s=0.5, dead_after_s=5.0, retention_s=600.0, spool=None):
     """The app's store actor: created on first use (head node, detached, restarted by Ray if
     its process dies, with empty state), found by name afterwards."""
     return (
@@ -339,5 +373,5 @@ def get_store(app: str, heartbeat_s=0.5, dead_after_s=5.0, retention_s=600.0):
             max_restarts=-1,
             max_concurrency=1000,
         )
-        .remote(heartbeat_s, dead_after_s, retention_s)
+        .remote(heartbeat_s, dead_after_s, retention_s, spool)
     )
