@@ -8,15 +8,18 @@ Every method runs on the store actor's event loop (the store's async methods cal
 file I/O goes to a worker thread so a write never stalls the store's other calls. A spill
 awaits the object store and the disk, so each step re-checks that the stream was not released
 (retention) meanwhile. Readers of a spilled stream get JPEG bytes inline, `READ_BYTES` at a
-time (the disk belongs to the store's node); readers holding refs from before a spill keep
-those objects alive until they drop them.
+time (the disk belongs to the store's node). A moved or deleted stream's refs are held
+`RETIRE_S` more, off the budget: an answer sent just before the move may carry them to a
+reader that has not fetched them yet.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
-from collections import OrderedDict
+import time
+from collections import OrderedDict, deque
 from typing import TYPE_CHECKING
 
 import ray
@@ -30,6 +33,9 @@ log = logging.getLogger("qvg_serve.serve.store")
 
 READ_BYTES = 8 << 20
 """Most JPEG bytes one `frames` answer carries from disk (the reader asks again for more)."""
+RETIRE_S = 30.0
+"""How long a moved or deleted stream's refs are still held: a `frames` answer sent just before
+carries them to a reader that has not fetched them yet (a freed object can hang its get)."""
 GONE_KEEP = 4096
 """How many ids deleted for a cap are remembered (answered 410 with the reason, not 404)."""
 
@@ -42,13 +48,20 @@ class FrameKeeper:
         self.spool = Spool(cfg)
         self.gone: OrderedDict[str, tuple[str, str]] = OrderedDict()  # id -> (tenant, why)
         self._spiller: asyncio.Task | None = None
+        self._retired: deque[tuple[float, list]] = deque()  # (drop after, refs)
         self.spilled = self.deleted = 0
+
+    def set_caps(self, cfg: SpoolConfig) -> None:
+        """New caps (a redeploy); the folder stays, its files are this store's."""
+        self.spool.cfg = dataclasses.replace(cfg, root=self.spool.cfg.root)
+        self._kick()
 
     # -- the store's hooks ----------------------------------------------------------------------
 
     def ended(self, pid: str, rec: Durable) -> None:
         self.spool.ended(pid, rec.nbytes)
         self._kick()
+        self._drop_retired()
 
     def released(self, pid: str) -> None:
         self.spool.forget(pid)
@@ -90,6 +103,7 @@ class FrameKeeper:
 
     def frame_bytes(self) -> dict[str, int]:
         """Bytes of ended streams' frames by tier (the replicas export them as metrics)."""
+        self._drop_retired()  # every heartbeat
         return {"ram": self.spool.ram_bytes, "disk": self.spool.disk_bytes}
 
     def stats(self) -> dict[str, int]:
@@ -142,9 +156,21 @@ class FrameKeeper:
         if self.streams.get(pid) is not rec:  # released while writing: drop the files too
             self.spool.forget(pid)
             return
-        rec.jpegs.clear()
-        rec.video, rec.on_disk, rec.nbytes = None, done, 0
+        self._retire(rec)
+        rec.on_disk = done
         self.spilled += 1
+
+    def _retire(self, rec: Durable) -> None:
+        """Take `rec`'s refs off it now and drop them RETIRE_S later."""
+        refs = [*rec.jpegs.values(), *([rec.video] if rec.video is not None else [])]
+        rec.jpegs, rec.video, rec.nbytes = {}, None, 0
+        if refs:
+            self._retired.append((time.monotonic() + RETIRE_S, refs))
+
+    def _drop_retired(self) -> None:
+        now = time.monotonic()
+        while self._retired and self._retired[0][0] <= now:
+            self._retired.popleft()
 
     def _delete(self, pid: str, why: str) -> None:
         """Drop ended `pid` before its retention (a cap): its id answers 410 saying why."""
@@ -152,6 +178,7 @@ class FrameKeeper:
         self.spool.forget(pid)
         if rec is None:
             return
+        self._retire(rec)
         self.gone[pid] = (rec.meta["tenant"], why)
         while len(self.gone) > GONE_KEEP:
             self.gone.popitem(last=False)

@@ -108,6 +108,12 @@ class StreamStore:
         self.early: dict[str, list[tuple]] = {}  # commits that overtook their register
         self.released = 0
 
+    async def configure(self, dead_after_s: float, retention_s: float, spool) -> None:
+        """The deploy's durability settings; frames_dir stays the one the store started with."""
+        self.dead_after_s, self.retention_s = dead_after_s, retention_s
+        if spool is not None:
+            self.kept.set_caps(spool)
+
     # -- writes from the home replica -----------------------------------------------------------
 
     def register(self, pid: str, meta: dict[str, Any], home: str, engine_id: int) -> None:
@@ -359,8 +365,9 @@ class StreamStore:
 
 def get_store(app: str, heartbeat_s=0.5, dead_after_s=5.0, retention_s=600.0, spool=None):
     """The app's store actor: created on first use (head node, detached, restarted by Ray if
-    its process dies, with empty state), found by name afterwards."""
-    return (
+    its process dies, with empty state), found by name afterwards; either way given these
+    settings (a redeploy's reach a store the first deploy made)."""
+    store = (
         ray.remote(StreamStore)
         .options(
             name=store_name(app),
@@ -375,3 +382,5 @@ def get_store(app: str, heartbeat_s=0.5, dead_after_s=5.0, retention_s=600.0, sp
         )
         .remote(heartbeat_s, dead_after_s, retention_s, spool)
     )
+    store.configure.remote(dead_after_s, retention_s, spool)
+    return store
