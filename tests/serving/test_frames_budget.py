@@ -80,20 +80,20 @@ def test_ended_streams_past_the_ram_cap_are_read_from_disk_exactly_once(serving)
 
 
 def test_the_disk_cap_deletes_the_oldest_ended_stream_with_410(serving):
-    base = serving.deploy("fbdisk", "/fbdisk", durability={"frames_ram_mib": 0})
-    probe, _ = run_to_end(base)
-    one = store_stats("fbdisk", lambda s: s["on_disk"] == 1)["disk_bytes"]
+    probe = serving.deploy("fbsize", "/fbsize", durability={"frames_ram_mib": 0})
+    run_to_end(probe)
+    one = store_stats("fbsize", lambda s: s["on_disk"] == 1)["disk_bytes"]
     assert one > 0
     disk_gib = 1.5 * one / (1 << 30)  # room for one stream, not two
-    # a redeploy with the cap: the running store (found by name) takes it
     durability = {"frames_ram_mib": 0, "frames_disk_gib": disk_gib}
     base = serving.deploy("fbdisk", "/fbdisk", durability=durability)
+    oldest, _ = run_to_end(base)
     first, _ = run_to_end(base)
     second, live = run_to_end(base)
     stats = store_stats("fbdisk", lambda s: s["deleted"] == 2 and s["on_disk"] == 1)
     assert stats["deleted"] == 2 and stats["on_disk"] == 1, stats
     assert stats["disk_bytes"] <= disk_gib * (1 << 30), stats
-    for sid in (probe, first):  # the oldest, in turn
+    for sid in (oldest, first):  # the oldest, in turn
         for path in ("", "/frames", "/video.mp4"):
             r = requests.get(f"{base}/v1/streams/{sid}{path}", headers=ACME, timeout=30)
             assert r.status_code == 410, (path, r.status_code, r.text)
