@@ -14,9 +14,10 @@ blocks went to BF16 commits while its streams hold encodable BF16 can only free 
 losing history. Under the eager policy a new BF16 allocation that would take those blocks
 waits one step while an encode takes them instead.
 
-`fits_at_deep` is the lossless-first rule of the ladder: while every resident stream's history
-would fit at the deep format (sink + window + the reserved commit pages BF16), plus what a
-requester needs, drop and preempt wait for the lossless plans under way instead of losing
+`may_wait` is the lossless-first rule of the ladder: while every resident stream's history
+would fit at the deep format (`fits_at_deep`: sink + window + the reserved commit pages BF16,
+encoded spans as they are), plus what a requester needs, drop and preempt wait for lossless
+progress (plans under way, or another stream's commit this step or reserved) instead of losing
 history. O(resident streams), and asked only when a lossy rung is about to run.
 """
 
@@ -52,12 +53,15 @@ class Headroom:
         """Take new tunables (live reconfigure)."""
         self.config = config
         layout = self.ops.alloc.layout
-        # slab bytes per item, and the encode destination kept free: as admission counts them
+        # item bytes and the encode destination kept free, as admission counts them
         self.bf16, self.deep, self.codebook, reserve = costs(config, layout)
         self.arena = self._arena_bytes - reserve
-        kinds = {Format.BF16: 0, config.deep_format: config.eager_span_pages}
-        if layout.has_codebook(config.deep_format):
-            kinds[codebook_kind(config.deep_format)] = 1
+        deep = config.deep_format
+        kinds = {Format.BF16: 0}
+        if deep in layout.page_bytes:  # a BF16-only pool never encodes: nothing to keep free
+            kinds[deep] = config.eager_span_pages
+            if layout.has_codebook(deep):
+                kinds[codebook_kind(deep)] = 1
         # kind -> (items per block, items one eager span's encode needs of it)
         self._span_items = {k: (layout.items_per_block(k), n) for k, n in kinds.items()}
 
