@@ -238,6 +238,11 @@ def test_health_capacity_openapi(base):
     assert requests.get(f"{base}/v1/health").json()["status"] == "ok"
     cap = requests.get(f"{base}/v1/capacity", headers=ACME).json()
     assert cap["free_bytes"] > 0 and cap["streams_that_fit"] >= 1
+    short, long = (
+        requests.get(f"{base}/v1/capacity?frames={n}", headers=ACME).json()["streams_that_fit"]
+        for n in (3, 3000)
+    )
+    assert short > long  # the projection grows with the stream's length
     spec = requests.get(f"{base}/openapi.json").json()
     assert {
         "/v1/streams",
