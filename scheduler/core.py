@@ -57,10 +57,7 @@ class Scheduler:
         self.ops = PoolOps(config, allocator, book=self.book)
         self.ladder = Ladder(config, self.ops, self.book)
         self.queue = RunQueue()
-        layout = allocator.layout
-        self.footprints = Footprints(
-            config, dict(layout.page_bytes), dict(layout.codebook_bytes), self.ladder.total
-        )
+        self.footprints = Footprints(config, allocator.layout)
         self.lifecycle = Lifecycle(
             config, allocator, self.ops, self.ladder, self.queue, self.footprints
         )
@@ -302,13 +299,14 @@ class Scheduler:
             if not self.book.fits_cap(s.spec.tenant, n):
                 return None
         bf16 = Format.BF16
+        if self._reserve and not self.room.encode_room(n) and self._encode_first(s, n, fx, batch):
+            return None  # the last free blocks go to an encode's destination; it waits a step
         pages = self.alloc.allocate(s.id, bf16, n)
         if isinstance(pages, OutOfPages):
             if not self._make_room(s, n * self.ops.page_bytes[bf16], fx, batch, Unit.BYTES):
                 return None
             pages = self.alloc.allocate(s.id, bf16, n)
-            wait = self._reserve and self.ops.pending_frees
-            lossy = not (wait and self.room.fits_at_deep(n * self.room.bf16))
+            lossy = not (self._reserve and self.room.may_wait(s, batch, n * self.room.bf16))
             if isinstance(pages, OutOfPages) and Rung.DROP in self.config.rungs and lossy:
                 self.ops.drop(s, fx)  # nobody else may lose more: its own middle history
                 pages = self.alloc.allocate(s.id, bf16, n)
@@ -316,6 +314,17 @@ class Scheduler:
                 return None
         self.book.add_pages(s, n)
         return pages
+
+    def _encode_first(self, s: Stream, n: int, fx: Effects, batch: set[int]) -> bool:
+        """Order lossless plans (encodes first) before `s` takes `n` BF16 pages; True if plans
+        are under way or another stream's reserved commit lands first (it ends that stream or
+        gives it encodable pages): `s` waits, instead of leaving the pool unable to encode."""
+        if self._lossless_done != self.step:
+            need = n * self.ops.page_bytes[Format.BF16]
+            pool = self.lifecycle.admitted.values()
+            self.ladder.relieve(need, pool, batch | {s.id}, LOSSLESS, s, fx)
+            self._lossless_done = self.step
+        return self.ops.pending_frees > 0 or self.room.commit_ahead(s, batch)
 
     def _make_room(self, s: Stream, need: int, fx: Effects, batch: set[int], unit: Unit) -> bool:
         """Lossless rungs first; if their plans (next step) cannot cover `need`, lossy ones
@@ -331,9 +340,12 @@ class Scheduler:
             self._lossless_done = self.step if tenant is None else self._lossless_done
         if pending + got >= need:
             return False  # wait for the plans to commit: cheaper than losing history
-        lossless_first = self._reserve and (pending or got)
-        if lossless_first and self.room.fits_at_deep(need if unit == Unit.BYTES else 0):
-            return False  # lossless plans are under way and everything fits once they land
+        if (
+            self._reserve
+            and (got or unit == Unit.BYTES)
+            and self.room.may_wait(s, batch, need, unit)
+        ):
+            return False  # lossless progress is under way and everything fits once it lands
         if tenant is None and self._lossy_dry == self.step:
             return True  # an O(streams) search already came back empty this step
         if not self.ladder.relieve(need - got, pool, exclude, LOSSY, s, fx, unit, tenant):

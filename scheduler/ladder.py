@@ -156,9 +156,12 @@ class Ladder:
     def _dirty(self) -> list[Stream]:
         """Changed streams; those on which no lossless rung can act leave the dirty set."""
         dirty = self.ops.dirty
+        loss = self._loss
         for sid, s in list(dirty.items()):
-            if all(self._loss(r, s) is None for r in LOSSLESS):
-                del dirty[sid]
+            # `all(... for r in LOSSLESS)` unrolled: this runs for every changed stream
+            if loss(_ENCODE, s) is None and loss(_REENCODE, s) is None:
+                if loss(_OFFLOAD, s) is None:
+                    del dirty[sid]
         return list(dirty.values())
 
     def _action(self, rung: Rung) -> Callable[[Stream, Effects], Gain]:
@@ -193,14 +196,19 @@ class Ladder:
     def _loss(self, rung: Rung, s: Stream) -> int | None:
         """GPU pages the rung would take from `s` (0 for encodes); None if it cannot act."""
         cfg = self.config
-        spare = s.n_pages() - cfg.sink_pages - cfg.window_pages
-        if rung is _ENCODE:
-            bf16 = sum(len(x.pages) for x in s.segments if x.fmt == _BF16 and x.free())
+        if rung is _ENCODE:  # plain loops: the hottest lines of a busy step (see BENCHMARKS)
+            bf16 = 0
+            for x in s.segments:
+                if x.plan is None and x.fmt == _BF16:
+                    bf16 += len(x.pages)
             return 0 if bf16 - cfg.sink_pages - cfg.window_pages >= cfg.min_span_pages else None
         if rung is _REENCODE:
             early = cfg.early_format
-            ok = any(x.fmt == early and x.tier == _GPU and x.free() for x in s.segments)
-            return 0 if ok else None
+            for x in s.segments:
+                if x.plan is None and x.fmt == early and x.tier == _GPU:
+                    return 0
+            return None
+        spare = s.n_pages() - cfg.sink_pages - cfg.window_pages
         if rung is _PREEMPT:
             return s.gpu_pages if s.gpu_pages and not s.plans else None
         if rung is _OFFLOAD and (not self.ops.has_cpu or s.state is not StreamState.IDLE):

@@ -182,7 +182,7 @@ class Lifecycle:
             if s is None:
                 break
             first = (self.config.sink_pages + s.spec.pages_per_chunk) * bf16
-            if used + first > high:
+            if used + first > high and self.admitted:  # alone, it waits for nobody
                 skipped.append(s)
                 need = used + first - self.ladder.limit(self.config.low_watermark)
                 self.ladder.relieve(need, self.admitted.values(), (), LOSSLESS, None, fx)

@@ -163,8 +163,14 @@ class PageAllocator:
 
     def free_items(self, tier: str, kind: str) -> int:
         """Items of `kind` (a format or `codebook_kind(fmt)`) that still fit on `tier`."""
-        self.layout.items_per_block(kind)  # ValueError for an unknown kind
-        return self._rec.slabs[check_tier(tier)].free_items(kind)
+        slab = self._rec.slabs[check_tier(tier)]
+        if kind not in slab.per_block:  # a dict read: items_per_block builds a dict a call
+            self.layout.items_per_block(kind)  # ValueError naming the known kinds
+        return slab.free_items(kind)
+
+    def free_blocks(self, tier: str) -> int:
+        """Untyped blocks of `tier`: usable by any item kind. O(1)."""
+        return self._rec.slabs[check_tier(tier)].free_blocks()
 
     def stats(self) -> PoolStats:
         """Snapshot of the counters: O(kinds), no recount (check_invariants recounts)."""

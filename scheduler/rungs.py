@@ -135,8 +135,11 @@ class PoolOps:
         first, last = run
         seg = Segment([p for x in s.segments[first:last] for p in x.pages], Format.BF16)
         s.segments[first:last] = [seg]  # merging free BF16 runs changes no page
-        seg = s.split(first, self.config.max_span_pages)
         eager = self.config.encode_policy == EncodePolicy.EAGER
+        # eager spans are eager_span_pages long (what admission projects, and what the free
+        # blocks kept for an encode's destination hold); the rest waits for the next span
+        cap = self.config.eager_span_pages if eager else self.config.max_span_pages
+        seg = s.split(first, cap)
         fmt = self.config.deep_format if eager else self.config.early_format
         plan = self.alloc.begin_encode(s.id, seg.pages, fmt)
         if isinstance(plan, OutOfPages):

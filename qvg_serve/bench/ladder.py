@@ -12,6 +12,11 @@ the same arena, same process, same streams:
 One JSON row per run: streams, completed, drop, preempt, encode, reencode, offload, wall_s,
 video frames/s, peak resident streams, arena bytes, bf16-need bytes. `--sweep` reports per mode
 the largest N that completes with zero drops and zero preempts in the fixed arena.
+
+`--simulate` runs scheduler/sim.py instead of the engine, with the engine's pool layout for the
+same arena and the same SchedulerConfig and streams: the same decisions (the parity test,
+tests/qvg_serve/test_sim_parity.py), no tensors and no model, so any preset runs on a laptop in
+seconds. Its rows say "simulated": true and count scheduler steps, not seconds.
 """
 
 from __future__ import annotations
@@ -24,8 +29,13 @@ import time
 import torch
 
 from qvg_serve.engine import Engine, EngineConfig, load_runtime
+from qvg_serve.engine.engine import codec_specs
+from qvg_serve.engine.kv_pool import pool_layout
+from qvg_serve.models.presets import get_preset
 from scheduler.config import SchedulerConfig
-from scheduler.vocab import RUNGS, EncodePolicy, Rung
+from scheduler.sim import Arrival, Simulator, Workload
+from scheduler.stream import StreamSpec
+from scheduler.vocab import RUNGS, EncodePolicy, Rung, StreamState
 
 MODES = {
     "bf16": dict(rungs=frozenset(RUNGS) - {Rung.ENCODE, Rung.REENCODE}, policy="pressure"),
@@ -48,19 +58,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-streams", type=int, default=64, help="upper bound of the sweep")
     p.add_argument("--max-steps", type=int, default=200_000)
     p.add_argument("--json", action="store_true")
+    p.add_argument("--simulate", action="store_true", help="scheduler/sim.py, no tensors")
 
 
-def bf16_need(rt, chunks: int, streams: int) -> int:
+def bf16_need(mc, chunks: int, streams: int) -> int:
     """Bytes of the streams' whole history in BF16 (K and V, every layer)."""
-    mc = rt.model.config
     page = 2 * mc.layers * mc.tokens_per_frame * mc.heads * mc.head_dim * 2
     return streams * chunks * mc.frames_per_chunk * page
 
 
-def run_mode(rt, args, mode: str, streams: int, arena: int) -> dict:
-    mc = rt.model.config
+def scheduler_config(mc, args, mode: str, streams: int) -> SchedulerConfig:
     m = MODES[mode]
-    sc = SchedulerConfig(
+    return SchedulerConfig(
         max_batch_streams=args.max_batch,
         max_batch_tokens=args.max_batch * mc.chunk_tokens,
         rungs=m["rungs"],
@@ -70,6 +79,45 @@ def run_mode(rt, args, mode: str, streams: int, arena: int) -> dict:
         window_pages=mc.frames_per_chunk,
         **({"eager_span_pages": args.eager_span} if args.eager_span and mode == "qvg" else {}),
     )
+
+
+def simulate_mode(mc, args, mode: str, streams: int, arena: int) -> dict:
+    """The same run through scheduler/sim.py: the engine's layout, config and stream specs."""
+    cfg = EngineConfig(model=mc.name, kv_cache_memory_bytes=arena)
+    specs = codec_specs(cfg, mc.tokens_per_frame)
+    layout = pool_layout(mc.kv_shape(), cfg.formats, arena, cfg.cpu_offload_bytes, specs)
+    arrivals = tuple(
+        Arrival(0, StreamSpec(i + 1, target_chunks=args.chunks, pages_per_chunk=mc.frames_per_chunk,
+                              page_tokens=mc.tokens_per_frame, denoise_steps=len(mc.timesteps),
+                              frames_per_page=mc.frames_per_latent))
+        for i in range(streams)
+    )  # fmt: skip
+    sim = Simulator(scheduler_config(mc, args, mode, streams), layout, Workload(arrivals))
+    peak = 0
+
+    def observe(_out) -> None:
+        nonlocal peak
+        states = [s.state for s in sim.scheduler.admitted.values()]
+        peak = max(peak, sum(1 for st in states if st is not StreamState.PREEMPTED))
+
+    r = sim.run(args.max_steps, observe=observe)
+    c = r.counters
+    return {
+        "mode": mode, "model": mc.name, "streams": streams, "chunks": args.chunks,
+        "simulated": True,
+        "completed": sum(1 for _, why in r.ended.values() if why == "completed"),
+        "drop": c.get("drop", 0), "preempt": c.get("preempt", 0), "encode": c.get("encode", 0),
+        "reencode": c.get("reencode", 0), "offload": c.get("offload", 0), "steps": r.steps,
+        "peak_resident": peak, "arena_bytes": layout.gpu_blocks * layout.block_bytes,
+        "bf16_need_bytes": bf16_need(mc, args.chunks, streams),
+    }  # fmt: skip
+
+
+def run_mode(rt, args, mode: str, streams: int, arena: int) -> dict:
+    if args.simulate:
+        return simulate_mode(rt, args, mode, streams, arena)
+    mc = rt.model.config
+    sc = scheduler_config(mc, args, mode, streams)
     cfg = EngineConfig(model=mc.name, kv_cache_memory_bytes=arena, device=str(rt.device))
     eng = Engine(rt.model, cfg, sc, decoder=rt.decoder, device=rt.device)
     gen = torch.Generator().manual_seed(0)
@@ -99,8 +147,12 @@ def run_mode(rt, args, mode: str, streams: int, arena: int) -> dict:
         "offload": lad.get("offload", 0), "steps": steps, "wall_s": round(wall, 3),
         "video_frames_per_s": round(frames / wall, 2) if wall else 0.0,
         "peak_resident": peak, "arena_bytes": eng.kv_stats().total_bytes["gpu"],
-        "bf16_need_bytes": bf16_need(rt, args.chunks, streams),
+        "bf16_need_bytes": bf16_need(mc, args.chunks, streams),
     }  # fmt: skip
+
+
+def _quiet(*_a, **_k) -> None:
+    pass
 
 
 def lossless(row: dict) -> bool:
@@ -123,12 +175,20 @@ def sweep(rt, args, mode: str, arena: int) -> dict:
             n = (good + bad) // 2 if bad - good > 1 else bad
         if bad - good <= 1:
             break
-    return {"mode": mode, "largest_lossless_streams": good, "arena_bytes": arena, "runs": rows}
+    # admission queues what does not fit, so N streams may complete losslessly a few at a time:
+    # the most streams held at once in a lossless run is the capacity figure
+    held = max((r["peak_resident"] for r in rows if lossless(r)), default=0)
+    return {"mode": mode, "largest_lossless_streams": good, "most_resident_lossless": held,
+            "arena_bytes": arena, "runs": rows}  # fmt: skip
 
 
 def run(args: argparse.Namespace) -> int:
-    rt = load_runtime(EngineConfig(model=args.model, device=args.device), warn=lambda *a, **k: None)
-    arena = args.arena_bytes or int(args.arena_fraction * bf16_need(rt, args.chunks, args.streams))
+    if args.simulate:  # no model, no tensors: the preset's shapes are all the layout needs
+        rt = mc = get_preset(args.model)
+    else:
+        rt = load_runtime(EngineConfig(model=args.model, device=args.device), warn=_quiet)
+        mc = rt.model.config
+    arena = args.arena_bytes or int(args.arena_fraction * bf16_need(mc, args.chunks, args.streams))
     out = []
     for mode in args.modes.split(","):
         if mode not in MODES:

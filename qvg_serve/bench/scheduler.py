@@ -4,7 +4,9 @@ Standard library + `scheduler` only (never torch): it runs anywhere in seconds.
 
 Timing: N open streams (each commits 3 chunks, then alternates long idle periods with one
 more chunk, so most are idle and a few active at any time) on a pool sized to keep the ladder
-busy; the time of schedule() + update() per step is measured with time.perf_counter.
+busy; the time of schedule() + update() per step is measured with time.perf_counter. The
+workload is deterministic, so with --repeat R it runs R times and each step keeps its fastest
+time: on a shared machine that strips the steps the OS preempted, which otherwise set the p99.
 
 Capacity (--capacity, SIMULATED: page accounting only, no tensors): at Self-Forcing-1.3B page
 sizes on a KV budget, how many streams stay resident with their whole history on the GPU, with
@@ -38,6 +40,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--pool-pages", type=float, default=8.0, help="timing pool, BF16 pages per stream"
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument(
+        "--repeat", type=int, default=1, help="runs of the same workload; per-step minimum"
+    )
     parser.add_argument("--capacity", action="store_true", help="add the capacity simulation")
     parser.add_argument("--budget-gib", type=float, default=70.0, help="GPU KV budget (GiB)")
     parser.add_argument("--bf16-page-bytes", type=int, default=BF16_PAGE)
@@ -76,14 +81,18 @@ def timing(args: argparse.Namespace) -> dict[str, object]:
     config = SchedulerConfig(
         sink_pages=args.sink_pages, window_pages=args.window_pages, max_ladder_candidates=32
     )
-    sim = Simulator(config, layout, Workload(arrivals), debug=False)
     warm = n // 4 + 20
-    result = sim.run(warm + args.steps)
-    times = [t * 1e3 for t in result.step_seconds[warm:]]
+    runs = []
+    for _ in range(max(1, args.repeat)):
+        sim = Simulator(config, layout, Workload(arrivals), debug=False)
+        result = sim.run(warm + args.steps)
+        runs.append(result.step_seconds[warm:])
+    times = [min(step) * 1e3 for step in zip(*runs, strict=True)]
     return {
         "streams": n,
         "pool_bf16_pages_per_stream": args.pool_pages,
         "steps_timed": len(times),
+        "repeats": max(1, args.repeat),
         "step_p50_ms": round(median(times), 4),
         "step_p99_ms": round(percentile(times, 99), 4),
         "step_max_ms": round(max(times), 4),

@@ -44,6 +44,7 @@ from qvg_serve.engine.report import (
 )
 from qvg_serve.models.base import ChunkInput, ModelConfig, VideoModel
 from qvg_serve.models.hooks import LatentPreview
+from scheduler import audit
 from scheduler.config import SchedulerConfig
 from scheduler.core import Scheduler
 from scheduler.output import COMMIT, DENOISE, Admission, BatchItem, SchedulerOutput, StepResult
@@ -386,8 +387,10 @@ class Engine:
         )  # fmt: skip
 
     def check_invariants(self) -> None:
-        """Accounting and bytes agree (tests call this after every step)."""
+        """Accounting and bytes agree, the scheduler's with the pool's (tests call this after
+        every step)."""
         self.pool.check_invariants()
+        audit.check(self.scheduler)
 
     def run_until_idle(self, max_steps: int = 100_000) -> dict[int, list[Chunk]]:
         """Step until every stream ended; the chunks each stream produced, in order."""

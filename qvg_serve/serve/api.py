@@ -222,8 +222,14 @@ def build_api(
         return Health(status="ok", replica=got["replica"])
 
     @app.get("/v1/capacity", response_model=Capacity)
-    async def capacity(who: str = Depends(tenant)):
-        got = await fanout.each(engine, "capacity")  # every replica, not one at random
+    async def capacity(
+        who: str = Depends(tenant),
+        frames: int | None = Query(
+            None, ge=1, description="Stream length to count (video frames)."
+        ),
+    ):
+        kw = {"frames": frames} if frames is not None else {}
+        got = await fanout.each(engine, "capacity", **kw)  # every replica, not one at random
         return Capacity(
             replicas=got,
             free_bytes=sum(r["free_bytes"] for r in got),

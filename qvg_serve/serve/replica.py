@@ -202,10 +202,16 @@ class EngineReplica:
         res = await self._run(self.engine.cancel, loc.sid)
         return {"cancelled": res.live, "pages_held": res.pages_held}
 
-    async def capacity(self, *, replica: str | None = None) -> dict[str, Any] | None:
+    async def capacity(
+        self, *, frames: int | None = None, replica: str | None = None
+    ) -> dict[str, Any] | None:
+        """Free KV and how many more streams admission takes: of `frames` video frames, or of
+        the engine's default length (the same projection admission uses)."""
         if replica is not None and replica != self.replica_id:  # fanout.py: not the one asked
             return None
-        return {"replica": self.replica_id, **await self._run(self.engine.capacity)}
+        chunks = {"chunks": math.ceil(frames / self.frames_per_chunk)} if frames else {}
+        got = await self._run(lambda: self.engine.capacity(**chunks))
+        return {"replica": self.replica_id, **got}
 
     async def record_routing_stats(self) -> dict[str, Any]:
         """Serve's routing-stats hook: free KV for the router's placement (placement.py)."""

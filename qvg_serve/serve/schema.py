@@ -92,7 +92,10 @@ class Capacity(_Body):
     replicas: list[dict] = Field(description="One entry per engine replica (serve/fanout.py).")
     free_bytes: int = Field(description="Free GPU KV bytes, summed over the replicas.")
     total_bytes: int = Field(description="GPU KV arena bytes, summed over the replicas.")
-    streams_that_fit: int = Field(description="More minimal streams that fit, summed.")
+    streams_that_fit: int = Field(
+        description="More streams admission takes now, summed: of ?frames=N video frames, or "
+        "of the engine's default length (the projection admission itself uses)."
+    )
 
 
 class Health(_Body):

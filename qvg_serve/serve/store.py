@@ -23,6 +23,15 @@ which learns it from its next heartbeat, rebuilds the KV from the latents and co
 new home is set at assignment, so the old one is fenced: its late commits are dropped and its
 heartbeat is told to drop the stream (a replica that was only slow cannot double-produce).
 
+An end never overtakes the commits it counts. The store is an async actor, so Ray runs one
+caller's calls in no guaranteed order: the home's `end` (small) can run before the `commit` of
+its last chunk (latents and JPEGs). An end naming more frames than have landed is held
+(`ending`) until they land; a commit after a settled end is refused, so without this the last
+chunk was lost and readers waited for frames that never came. If the home dies meanwhile, a
+completed stream is re-homed as usual (its new home makes the lost chunks) and any other end
+settles on what landed; a live home's held end settles on what landed after `dead_after_s`
+(no reader waits forever).
+
 The store's own state lives in its memory: losing the head node (or this actor) loses every
 stream's durable state; replicas then answer for new streams only (see docs/serving.md).
 """
@@ -64,6 +73,7 @@ class Durable:
     ended: str | None = None
     ended_at: float = 0.0
     final: dict[str, Any] | None = None  # the engine's last snapshot of it
+    ending: tuple[str, int, dict | None, float] | None = None  # an end waiting for commits
     recovering_since: float | None = None
     video: ray.ObjectRef | None = None
     changed: asyncio.Event = field(default_factory=asyncio.Event)
@@ -134,6 +144,8 @@ class StreamStore:
         rec.nbytes += latents.nbytes + sum(len(j) for j in jpegs)
         rec.latent_bytes += latents.nbytes
         rec.frames_done = min(rec.meta["frames"], rec.chunks_done() * rec.meta["fpc"])
+        if rec.ending is not None and rec.frames_done >= rec.ending[1]:
+            self._end(pid, rec, *rec.ending[:3])  # the commits the end counted have all landed
         rec.notify()
         return True
 
@@ -146,12 +158,15 @@ class StreamStore:
         rec = self.streams.get(pid)
         if rec is None or rec.home != home or rec.ended is not None:
             return
+        if rec.frames_done < frames:  # it overtook commits of its own home: wait for them
+            rec.ending = (reason, frames, final, time.monotonic())
+            return
         self._end(pid, rec, reason, frames, final)
 
     def _end(self, pid: str, rec: Durable, reason: str, frames: int, final: dict | None) -> None:
         """(On the event loop: async callers.) Its latents go, its frames join the budget."""
         rec.ended, rec.ended_at, rec.total, rec.final = reason, time.monotonic(), frames, final
-        rec.recovering_since = None
+        rec.recovering_since = rec.ending = None
         rec.latents.clear()
         rec.nbytes, rec.latent_bytes = rec.nbytes - rec.latent_bytes, 0
         self.kept.ended(pid, rec)
@@ -305,16 +320,31 @@ class StreamStore:
                 del self.beats[replica]
                 self._rehome(replica)
         self._assign_orphans()
+        self._settle(now)
         self._release(now)
+
+    def _settle(self, now: float) -> None:
+        """An end held longer than `dead_after_s` for a live home's commits settles on the
+        frames that landed (a commit lost on the way would otherwise hold it forever)."""
+        for pid, rec in list(self.streams.items()):
+            held = rec.ending
+            if held is not None and rec.home in self.beats and now - held[3] > self.dead_after_s:
+                self._end(pid, rec, held[0], rec.frames_done, held[2])
 
     def _rehome(self, replica: str) -> int:
         n = 0
-        for rec in self.streams.values():
-            if rec.ended is None and rec.home == replica:
-                rec.recovering_since = rec.recovering_since or time.monotonic()
-                rec.home = ""  # fenced: the old home's late writes are dropped
-                n += 1
-                rec.notify()
+        for pid, rec in list(self.streams.items()):
+            if rec.ended is not None or rec.home != replica:
+                continue
+            held = rec.ending
+            if held is not None and held[0] != "completed":  # cancelled, closed, failed
+                self._end(pid, rec, held[0], rec.frames_done, held[2])  # no new home revives it
+                continue
+            rec.recovering_since = rec.recovering_since or time.monotonic()
+            rec.home = ""  # fenced: the old home's late writes are dropped
+            rec.ending = None  # a completed one: its new home makes the lost chunks
+            n += 1
+            rec.notify()
         self._assign_orphans()
         return n
 

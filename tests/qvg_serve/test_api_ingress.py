@@ -45,8 +45,9 @@ class FakeEngine:
                     "retry_after_s": 2.0}  # fmt: skip
         return {"id": f"{rid}-7", "accepted": True, "reason": None, "retry_after_s": 0.0}
 
-    def _capacity(self, replica):
-        return {"replica": replica, "free_bytes": 10, "total_bytes": 30, "streams_that_fit": 2,
+    def _capacity(self, replica, frames=None):
+        fit = 2 if frames is None else 120 // frames  # longer streams: fewer fit
+        return {"replica": replica, "free_bytes": 10, "total_bytes": 30, "streams_that_fit": fit,
                 "live_streams": 1}  # fmt: skip
 
 
@@ -98,3 +99,11 @@ def test_capacity_sums_every_replica():
     assert [r["replica"] for r in cap["replicas"]] == ["a", "b", "c"]
     assert (cap["free_bytes"], cap["total_bytes"], cap["streams_that_fit"]) == (30, 90, 6)
     assert [c["replica"] for c in engine.capacity.calls] == ["a", "b", "c"]
+
+
+def test_capacity_counts_streams_of_the_asked_length():
+    engine = FakeEngine(["a", "b"])
+    c = client(engine)
+    assert c.get("/v1/capacity?frames=40").json()["streams_that_fit"] == 6
+    assert [k.get("frames") for k in engine.capacity.calls] == [40, 40]
+    assert c.get("/v1/capacity?frames=0").status_code == 422

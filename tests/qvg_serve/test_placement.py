@@ -73,3 +73,30 @@ def test_routing_stats_report_free_bytes_and_a_minimal_stream():
         {"free_bytes": 123, "streams_that_fit": 1}, bf16_page_bytes=10, stream_pages=7
     )
     assert st["free_kv_bytes"] == 123 and st["stream_kv_bytes"] == 70 and st["at"] > 0
+
+
+def test_four_replicas_forty_creates_at_once_none_gets_over_1_5x_its_share():
+    # Issue 16's target, on the policy: 40 creates arrive before any replica reports again
+    # (every rank reads the same stale stats), 4 equal replicas; over 200 seeded bursts no
+    # replica takes more than 15 streams (1.5x its share of 10) -- the KV it is given is
+    # streams x stream_kv_bytes, so the same bound holds for KV.
+    worst = 0
+    for seed in range(200):
+        kv = KVPlacement(clock=lambda: 10.0, rng=random.Random(seed))
+        reps = [replica(u, 400, at=9.0) for u in "abcd"]  # room for 100 streams each
+        got = place(kv, reps, 40)
+        worst = max(worst, max(got.count(u) for u in "abcd"))
+    assert worst <= 15, worst
+
+
+def test_a_fuller_replica_gets_proportionally_fewer_of_a_burst():
+    # 4 replicas, one with a quarter of the others' free KV (400 vs 100 MiB, 4 MiB a stream):
+    # 40 streams leave the three freer ones above 100 MiB, so the fuller one gets none (at
+    # most 1.5x its share of the free bytes, 40/13) and the three split the burst, none over
+    # 1.5x its share of 40/3.
+    for seed in range(50):
+        kv = KVPlacement(clock=lambda: 10.0, rng=random.Random(seed))
+        reps = [replica("a", 400), replica("b", 400), replica("c", 400), replica("d", 100)]
+        got = place(kv, reps, 40)
+        assert got.count("d") <= 1.5 * 40 / 13, (seed, got.count("d"))
+        assert max(got.count(u) for u in "abc") <= 1.5 * 40 / 3, (seed, got)

@@ -12,6 +12,7 @@ import math
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from scheduler import audit
 from scheduler.config import RUNGS, Priority, SchedulerConfig, TenantConfig
 from scheduler.sim import Arrival, Simulator, Workload, toy_layout
 from scheduler.stream import StreamSpec, StreamState
@@ -77,25 +78,8 @@ def setups(draw):
 
 def check_step(sim: Simulator) -> None:
     """The pool's own audit, and the scheduler's accounting against a recount from it."""
-    sched, alloc = sim.scheduler, sim.alloc
-    alloc.check_invariants()
-    recount: dict[str, int] = {}
-    for s in sched.admitted.values():
-        # no leak, no stray page: the table plus the commit reservation (reserved pages are
-        # GPU BF16 pages the stream holds for its chunk's commit; nothing reads them yet)
-        assert not set(s.table()) & set(s.reserved), s.id
-        assert set(s.table()) | set(s.reserved) == set(alloc.pages_of(s.id)), s.id
-        assert all(alloc.location(p).tier == "gpu" for p in s.reserved)
-        on_gpu = sum(1 for p in s.table() if alloc.location(p).tier == "gpu") + len(s.reserved)
-        assert s.gpu_pages == on_gpu
-        recount[s.spec.tenant] = recount.get(s.spec.tenant, 0) + on_gpu
-    for tenant, n in recount.items():
-        assert sched.book.gpu_pages[tenant] == n
-        cap = sched.config.tenant(tenant).page_cap
-        assert cap is None or n <= cap, (tenant, n, cap)
-    for sid in sched.streams:
-        if sched.streams[sid].state is StreamState.WAITING:
-            assert alloc.pages_of(sid) == ()
+    sim.alloc.check_invariants()
+    audit.check(sim.scheduler)
 
 
 @SETTINGS

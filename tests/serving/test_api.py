@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
@@ -238,6 +239,11 @@ def test_health_capacity_openapi(base):
     assert requests.get(f"{base}/v1/health").json()["status"] == "ok"
     cap = requests.get(f"{base}/v1/capacity", headers=ACME).json()
     assert cap["free_bytes"] > 0 and cap["streams_that_fit"] >= 1
+    short, long = (
+        requests.get(f"{base}/v1/capacity?frames={n}", headers=ACME).json()["streams_that_fit"]
+        for n in (3, 3000)
+    )
+    assert short > long  # the projection grows with the stream's length
     spec = requests.get(f"{base}/openapi.json").json()
     assert {
         "/v1/streams",
@@ -320,3 +326,31 @@ def test_viewer_cap_gives_429_and_frees_on_close(serving):
         time.sleep(0.5)
     requests.delete(f"{capped}/v1/streams/{sid}", headers=ACME, timeout=30)
     assert code == 200
+
+
+def test_three_times_capacity_at_once_waits_or_429_and_never_loses_history(serving):
+    # Issue 13: creates at 3x what /v1/capacity says fits, all at once. Admission projects each
+    # stream's footprint, so the excess waits in the queue (or gets 429 + Retry-After), and
+    # no admitted stream is preempted or degraded (before: all admitted, 70 of 132 preempted).
+    app = serving.deploy("full", "/full")  # BASE_ARGS: the 16 MiB arena
+    frames = 24
+    cap = requests.get(f"{app}/v1/capacity?frames={frames}", headers=ACME, timeout=30).json()
+    fit = cap["streams_that_fit"]
+    assert fit >= 1, cap
+    n = 3 * fit
+    with ThreadPoolExecutor(n) as pool:
+        answers = list(pool.map(lambda i: create(app, frames=frames, seed=i), range(n)))
+    created = [r.json()["id"] for r in answers if r.status_code == 201]
+    refused = [r for r in answers if r.status_code != 201]
+    assert all(r.status_code == 429 and r.headers.get("Retry-After") for r in refused), [
+        (r.status_code, r.text[:200]) for r in refused
+    ]
+    assert len(created) >= fit
+    print(f"\n3x capacity: {fit} fit, {n} created at once: {len(created)} admitted or queued, "
+          f"{len(refused)} got 429")  # fmt: skip
+    ends = [
+        wait_state(app, sid, {"finished", "failed", "cancelled"}, timeout=600) for sid in created
+    ]
+    assert [e["state"] for e in ends] == ["finished"] * len(created), ends
+    assert sum(e["preemptions"] for e in ends) == 0, ends
+    assert not any(e["degraded"] for e in ends), ends
