@@ -22,6 +22,10 @@ BASE_ARGS = {
     "engine": {"model": "tiny", "device": "cpu", "kv_cache_memory_bytes": 16 << 20},
     "server": {"auth": True},
     "deployment": {"ray_actor_options": {"num_cpus": 0.5}},
+    # Under a loaded 2-core CI box an engine replica's heartbeat can come late by seconds; at
+    # the default 5 s the store would take it for dead and move its streams mid-test. The
+    # durability tests (test_durability.py) set their own fast heartbeats and detection.
+    "durability": {"dead_after_s": 30.0},
 }
 
 
