@@ -27,7 +27,7 @@ import ray
 from qvg_serve.serve.spool import Part, Spool, SpoolConfig
 
 if TYPE_CHECKING:
-    from qvg_serve.serve.store import Durable
+    from qvg_serve.serve.stream_record import Durable
 
 log = logging.getLogger("qvg_serve.serve.store")
 

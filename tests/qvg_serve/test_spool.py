@@ -11,7 +11,7 @@ import pytest
 from qvg_serve.serve.frame_keeper import FrameKeeper
 from qvg_serve.serve.ops_config import DurabilitySettings
 from qvg_serve.serve.spool import Spool, SpoolConfig
-from qvg_serve.serve.store import Durable
+from qvg_serve.serve.stream_record import Durable
 
 FPC = 3
 
