@@ -1,7 +1,6 @@
 """The generation engine: scheduler decides, the runner (this) executes, streams get frames.
 
 One `step()`:
-
     out = scheduler.schedule()                 batch, encode/move plans, freed pages
     execute out.orders on the pool             (plans committed by the scheduler in update())
     one model forward for the whole batch      per-sample timesteps: streams at different
@@ -11,12 +10,10 @@ One `step()`:
     scheduler.update(StepResult)
     out.ended -> release those streams' tensor state; out.freed -> forget those pages
 
-This class is the engine room's door: callers use `submit`, `cancel`, `set_text`, `step()`
-(its `StepReport` carries the chunks and the scheduler's ended list), `snapshot`, `capacity`,
-`kv_stats`, `facts` and `busy`, and get plain values back (`report.py`). Tensor-side per-stream
-state (noise, current latents, committed latents) lives here; everything about pages and policy
-lives in the scheduler. Committed latents are kept (small: one latent frame is C x h x w) so a
-stream preempted by dropping can rebuild its cache.
+The engine room's door (`submit`, `cancel`, `set_text`, `step()` -> `StepReport`, `snapshot`,
+`capacity`, `kv_stats`, `facts`, `busy`; plain values, `report.py`). Tensor-side per-stream
+state lives here (noise, latents, the small committed latents a preempted stream rebuilds its
+cache from); pages and policy live in the scheduler.
 """
 
 from __future__ import annotations

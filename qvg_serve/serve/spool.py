@@ -105,26 +105,14 @@ class Spool:
 
     def to_spill(self) -> list[str]:
         """The oldest ended streams whose moving brings RAM under its cap (none if under)."""
-        over, out = self.ram_bytes - self.cfg.ram_bytes, []
-        for pid, nbytes in self.ram.items():
-            if over <= 0:
-                break
-            out.append(pid)
-            over -= nbytes
-        return out
+        return _oldest_covering(self.ram, self.ram_bytes - self.cfg.ram_bytes)
 
     def make_room(self, nbytes: int) -> list[str] | None:
         """Spilled streams to delete, oldest first, so `nbytes` more fit on disk; None when
         they never fit (more than the whole cap)."""
         if nbytes > self.cfg.disk_bytes:
             return None
-        over, out = self.disk_bytes + nbytes - self.cfg.disk_bytes, []
-        for pid, held in self.disk.items():
-            if over <= 0:
-                break
-            out.append(pid)
-            over -= held
-        return out
+        return _oldest_covering(self.disk, self.disk_bytes + nbytes - self.cfg.disk_bytes)
 
     def moved(self, pid: str, nbytes: int) -> None:
         """`pid`'s files are written (`nbytes`): its RAM bytes are now disk bytes."""
@@ -185,3 +173,14 @@ class Spool:
 
     def _dir(self, pid: str) -> Path:
         return self.root / _key(pid)
+
+
+def _oldest_covering(table: dict[str, int], over: int) -> list[str]:
+    """The first (oldest) entries of `table` whose bytes add up to at least `over`."""
+    out: list[str] = []
+    for pid, nbytes in table.items():
+        if over <= 0:
+            break
+        out.append(pid)
+        over -= nbytes
+    return out

@@ -26,16 +26,25 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
-from qvg_serve.engine.sampler import sigma
 from qvg_serve.models import TINY, HashedWordEncoder, build_model, load_checkpoint
-from qvg_serve.models.base import ChunkInput, chunk_positions
-from qvg_serve.models.pixel_ae import SCALE, SHIFT, PixelAE
+from qvg_serve.models.pixel_ae import SCALE, SHIFT
 from qvg_serve.tiny import data
+from qvg_serve.tiny.objective import (  # noqa: F401  (train.X names kept for callers)
+    FIRST_P_TABLE,
+    OBJECT_WEIGHT,
+    SHIFT_T,
+    START_FRACTION,
+    BlockCausalContext,
+    clip_window,
+    flow_loss,
+    latent_weight,
+    make_batch,
+    sample_first_chunk,
+    sample_t,
+    with_own_first_chunk,
+)
 
-SHIFT_T = 5.0
-"""Timestep shift (the engine's `SHIFT`)."""
 TRAIN_SEED_BASE = 10**9
 """Training clips use seeds seed * TRAIN_SEED_BASE + k (k < 1e9); evaluation uses
 `EVAL_SEED_BASE` + i, which no training run reaches."""
@@ -43,189 +52,6 @@ EVAL_SEED_BASE = 10**15
 FIRST_SEED_OFFSET = 5 * 10**8
 """First-chunk clips use seeds seed * TRAIN_SEED_BASE + FIRST_SEED_OFFSET + k: disjoint from
 the main batches' (k < 5e8 for 15 M steps of 32)."""
-
-
-class BlockCausalContext:
-    """Self-attention of B equal samples, each [clean 0..K-2 | noisy 0..K-1] chunks, under
-    one [L, L] block-causal mask (L tokens per sample)."""
-
-    def __init__(self, model, chunks: int) -> None:
-        cfg = model.config
-        n = cfg.chunk_tokens
-        clean = [chunk_positions(cfg, i * cfg.frames_per_chunk) for i in range(chunks - 1)]
-        noisy = [chunk_positions(cfg, i * cfg.frames_per_chunk) for i in range(chunks)]
-        self.positions = torch.cat(clean + noisy).to(model.device)
-        idx = torch.cat([torch.arange(chunks - 1), torch.arange(chunks)]).repeat_interleave(n)
-        is_noisy = torch.arange(2 * chunks - 1).repeat_interleave(n) >= chunks - 1
-        q, k = idx[:, None], idx[None, :]
-        sees_clean = ~is_noisy[None, :] & ((k <= q) & ~is_noisy[:, None] | (k < q))
-        sees_self = is_noisy[:, None] & is_noisy[None, :] & (q == k)
-        allowed = (sees_clean | sees_self).to(model.device)
-        # Additive (not boolean) so SDPA keeps its memory-efficient kernel.
-        self.mask = torch.zeros(allowed.shape, device=model.device).masked_fill(
-            ~allowed, float("-inf")
-        )
-        self.model, self.length = model, self.positions.shape[0]
-
-    def self_attention(self, layer, q, k, v):
-        """q, k, v [B * L, H, D] -> [B * L, H, D]."""
-        b, h = q.shape[0] // self.length, q.shape[1]
-
-        def heads(x, rope):  # [B*L, H, D] -> [B, H, L, D], rotated at sample positions
-            x = x.view(b, self.length, h, -1).transpose(0, 1).reshape(self.length, b * h, -1)
-            if rope:
-                x = self.model.rope(x, self.positions)
-            return x.view(self.length, b, h, -1).permute(1, 2, 0, 3)
-
-        out = F.scaled_dot_product_attention(
-            heads(q, True), heads(k, True), heads(v, False), attn_mask=self.mask.to(q.dtype)
-        )
-        return out.permute(0, 2, 1, 3).reshape(q.shape)
-
-
-OBJECT_WEIGHT = 4.0
-"""Extra loss weight on object pixels (weight 1 + OBJECT_WEIGHT * coverage): the object
-covers 4-13 % of a frame, the background the rest."""
-START_FRACTION = 0.5
-"""Share of training clips taken from frame 0 (the caption's fixed first pose); the rest
-start at a random frame in [1, 150] and teach continuation far into a clip."""
-
-
-def clip_window(seed: int) -> int:
-    """Start frame of training clip `seed`: 0 with probability START_FRACTION, else a random
-    frame in [1, 150] (both drawn from the seed)."""
-    gen = torch.Generator().manual_seed(seed ^ 0x57A27)
-    if torch.rand((), generator=gen).item() < START_FRACTION:
-        return 0
-    return int(torch.randint(1, 151, (), generator=gen))
-
-
-def latent_weight(cover: torch.Tensor) -> torch.Tensor:
-    """Object coverage [F, H, W] -> loss weight [C, F, h, w] in the PixelAE layout."""
-    a = F.pixel_unshuffle(cover[:, None], PixelAE().factor)  # [F, 16, h, w]
-    return (1 + OBJECT_WEIGHT * torch.cat([a] * 3, 1)).transpose(0, 1)
-
-
-def make_batch(seeds, chunks: int, device, encoder: HashedWordEncoder, from_start=False):
-    """(latents [B, C, K * 3, h, w] fp32, text [B, text_len, text_dim], loss weight like
-    latents, starts [B]: each clip's first frame). `from_start`: every clip from frame 0."""
-    ae, lats, caps, weights, starts = PixelAE(), [], [], [], []
-    for s in seeds:
-        spec, start = data.clip_spec(s), 0 if from_start else clip_window(s)
-        frames, cover = data.render(spec, chunks * TINY.frames_per_chunk, start, device, True)
-        lats.append(ae.encode(frames))
-        weights.append(latent_weight(cover))
-        caps.append(spec.caption)
-        starts.append(start)
-    text = encoder.encode(caps).to(device)
-    return torch.stack(lats), text, torch.stack(weights), torch.tensor(starts)
-
-
-def sample_t(n: int, gen: torch.Generator, p_table: float = 0.5, table=None) -> torch.Tensor:
-    """n timesteps: with probability p_table one of `table` (default: the inference
-    timesteps), else uniform in [0, 1000]."""
-    table = torch.tensor(table or TINY.timesteps)
-    pick = table[torch.randint(len(table), (n,), generator=gen)]
-    uniform = torch.rand(n, generator=gen) * 1000
-    return torch.where(torch.rand(n, generator=gen) < p_table, pick, uniform)
-
-
-FIRST_P_TABLE = 0.75
-"""First-chunk batches draw 3 in 4 timesteps from the sampler's own table: the first chunk
-is made from the caption alone, at exactly those steps (t = 1000 decides where and what)."""
-
-
-def flow_loss(
-    model,
-    batch,
-    gen: torch.Generator,
-    context_noise: float = 0.05,
-    p_table: float = 0.5,
-    table=None,
-    motion_weight: float = 0.0,
-    own_first: float = 0.0,
-):
-    """(weighted MSE of the predicted flow, plain MSE on object pixels) over the noisy
-    chunks of `batch` (from `make_batch`); `gen` on the latents' device draws the noise (a
-    CPU generator seeded from it draws timesteps). A clip that does not start at frame 0
-    is not scored on its first chunk: without context, that chunk is the caption's first
-    pose only at frame 0. `motion_weight` adds the weighted MSE of the error's change from
-    frame to frame inside a chunk: the same optimum, but a chunk drawn from the caption alone
-    that stands still while the object should move costs more (its 1-2 px per frame of
-    motion is below the 8 px token and barely shows in the plain MSE)."""
-    latents, text, weight, starts = batch
-    cpu_gen = torch.Generator().manual_seed(
-        int(torch.randint(2**62, (), generator=gen, device=gen.device))
-    )
-    b, _, frames, _, _ = latents.shape
-    fpc = model.config.frames_per_chunk
-    k = frames // fpc
-    x0 = latents.unflatten(2, (k, fpc)).permute(0, 2, 1, 3, 4, 5)  # [B, K, C, 3, h, w]
-    t = sample_t(b * k, cpu_gen, p_table, table).view(b, k)
-    s = torch.tensor([[sigma(float(v), SHIFT_T) for v in row] for row in t])
-    s = s.to(latents.device)[..., None, None, None, None]
-    noise = torch.randn(x0.shape, generator=gen, device=gen.device)
-    xt = (1 - s) * x0 + s * noise
-    aug = torch.rand(b, 1, 1, 1, 1, 1, generator=cpu_gen).to(latents.device) * context_noise
-    ctx_clean = x0 + aug * torch.randn(x0.shape, generator=gen, device=gen.device)
-    if own_first and k > 1:
-        ctx_clean = with_own_first_chunk(model, ctx_clean, text, starts, own_first, gen)
-    chunks = []
-    for i in range(b):
-        chunks += [ChunkInput(ctx_clean[i, j], 0.0, text[i], j * fpc) for j in range(k - 1)]
-        chunks += [ChunkInput(xt[i, j], float(t[i, j]), text[i], j * fpc) for j in range(k)]
-    out = model(chunks, BlockCausalContext(model, k))
-    pred = torch.stack([out[i * (2 * k - 1) + k - 1 + j] for i in range(b) for j in range(k)])
-    err = (pred.float() - (noise - x0).reshape(pred.shape).float()).pow(2)
-    w = weight.unflatten(2, (k, fpc)).permute(0, 2, 1, 3, 4, 5).reshape(err.shape)
-    scored = torch.ones(b, k, device=err.device)
-    scored[:, 0] = (starts == 0).float().to(err.device)
-    w = w * scored.reshape(-1, 1, 1, 1, 1)
-    obj = (w > 1 + OBJECT_WEIGHT / 2).float()  # pixels the object covers more than half
-    obj_mse = (err * obj).sum() / obj.sum().clamp(min=1)
-    loss = (err * w).sum() / w.sum()
-    if motion_weight:
-        diff = pred.float() - (noise - x0).reshape(pred.shape).float()  # [B*K, C, 3, h, w]
-        step = (diff[:, :, 1:] - diff[:, :, :-1]).pow(2)
-        wm = w[:, :, 1:]
-        loss = loss + motion_weight * (step * wm).sum() / wm.sum().clamp(min=1e-6)
-    return loss, obj_mse
-
-
-@torch.no_grad()
-def sample_first_chunk(model, text: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """The model's own first chunk [B, C, 3, h, w] from the captions alone: the inference
-    sampler (the preset's timesteps, re-noise with fresh noise, shift `SHIFT_T`)."""
-    cfg, b = model.config, text.shape[0]
-    shape = (b, cfg.in_channels, cfg.frames_per_chunk, cfg.latent_height, cfg.latent_width)
-    x = torch.randn(shape, generator=gen, device=gen.device)
-    steps, ctx = cfg.timesteps, BlockCausalContext(model, 1)
-    for j, t in enumerate(steps):
-        out = model([ChunkInput(x[i], float(t), text[i], 0) for i in range(b)], ctx)
-        x0 = x - sigma(float(t), SHIFT_T) * torch.stack(out).float()
-        if j + 1 < len(steps):
-            s = sigma(float(steps[j + 1]), SHIFT_T)
-            x = (1 - s) * x0 + s * torch.randn(shape, generator=gen, device=gen.device)
-    return x0
-
-
-def with_own_first_chunk(model, ctx_clean, text, starts, share: float, gen) -> torch.Tensor:
-    """`ctx_clean` [B, K, C, 3, h, w] with the first chunk of a `share` of the clips that start
-    at frame 0 replaced by the model's own sample of it. At inference chunk 1 follows the
-    model's own chunk 0, which is blurrier and moves less than the true one; trained only on
-    true context the model copies a still chunk 0 and the object stops. Targets stay the true
-    clip's: from its own first chunk, the caption must carry the motion on."""
-    pick = (starts == 0) & (torch.rand(len(starts)) < share)
-    if not pick.any():
-        return ctx_clean
-    idx = pick.nonzero().flatten().to(ctx_clean.device)
-    was = model.training
-    model.eval()
-    own = sample_first_chunk(model, text[idx], gen)
-    model.train(was)
-    ctx_clean = ctx_clean.clone()
-    ctx_clean[idx, 0] = own.to(ctx_clean.dtype)
-    return ctx_clean
 
 
 def new_model(seed: int, device):
