@@ -22,16 +22,26 @@ class KMeansResult(NamedTuple):
     iters: int  # Lloyd iterations actually run
 
 
-def init_centroids(x: torch.Tensor, c: int, seed: int) -> torch.Tensor:
-    """[R, C, D] initial centroids: C distinct random tokens per row (seeded CPU generator, so
-    every device starts alike)."""
-    r, s, d = x.shape
+def init_index(r: int, s: int, c: int, seed: int, period: int | None = None) -> torch.Tensor:
+    """int64 [R, C]: C distinct random token indices per row (seeded CPU generator, so every
+    device starts alike). With `period` (R a multiple of it) the first `period` rows' choice
+    repeats: an encode of B tensors of H heads draws per head, so batching tensors (a pool
+    encodes every layer's K and V in one call) picks what B separate calls would."""
+    p = period or r
+    if r % p:
+        raise ValueError(f"init_index: {r} rows are not a multiple of period {p}")
     gen = torch.Generator().manual_seed(seed)
     if s >= c:
-        idx = torch.rand(r, s, generator=gen).argsort(-1)[:, :c]
+        idx = torch.rand(p, s, generator=gen).argsort(-1)[:, :c]
     else:
-        idx = (torch.arange(c) % s).expand(r, c)
-    idx = idx.to(x.device)
+        idx = (torch.arange(c) % s).expand(p, c)
+    return idx.repeat(r // p, 1)
+
+
+def init_centroids(x: torch.Tensor, c: int, seed: int, period: int | None = None) -> torch.Tensor:
+    """[R, C, D] initial centroids: the tokens `init_index` picks."""
+    r, s, d = x.shape
+    idx = init_index(r, s, c, seed, period).to(x.device)
     return torch.gather(x, 1, idx[..., None].expand(r, c, d))
 
 

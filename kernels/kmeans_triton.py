@@ -21,7 +21,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .kmeans_ref import KMeansResult
+from .kmeans_ref import KMeansResult, init_index
 
 
 def first_duplicate(centroids: torch.Tensor) -> torch.Tensor:
@@ -208,20 +208,15 @@ def update(
 
 
 @functools.lru_cache(maxsize=64)
-def _init_index(r: int, s: int, c: int, seed: int, device: torch.device) -> torch.Tensor:
-    """kmeans_ref.init_centroids' token choice, cached: it depends only on shapes and seed."""
-    gen = torch.Generator().manual_seed(seed)
-    if s >= c:
-        idx = torch.rand(r, s, generator=gen).argsort(-1)[:, :c]
-    else:
-        idx = (torch.arange(c) % s).expand(r, c)
-    return idx.to(device)
+def _init_index(r: int, s: int, c: int, seed: int, period: int | None, device: torch.device):
+    """kmeans_ref.init_index on `device`, cached: it depends only on shapes and seed."""
+    return init_index(r, s, c, seed, period).to(device)
 
 
-def init_centroids(x: torch.Tensor, c: int, seed: int) -> torch.Tensor:
+def init_centroids(x: torch.Tensor, c: int, seed: int, period: int | None = None) -> torch.Tensor:
     """Same tokens as kmeans_ref.init_centroids (fp32 [R, C, D]), without redrawing per call."""
     r, s, d = x.shape
-    idx = _init_index(r, s, c, seed, x.device)
+    idx = _init_index(r, s, c, seed, period, x.device)
     return torch.gather(x, 1, idx[..., None].expand(r, c, d)).to(torch.float32)
 
 

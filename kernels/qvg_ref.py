@@ -37,16 +37,17 @@ def warm_centroids(prev: Encoded | None, t: int, shape: tuple[int, ...]) -> torc
 
 
 def kmeans_stage(
-    r: torch.Tensor, spec: CodecSpec, t: int, warm: torch.Tensor | None
+    r: torch.Tensor, spec: CodecSpec, t: int, warm: torch.Tensor | None, heads: int | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(stored centroids [R, C, D], int64 ids [R, S]) of residual rows r [R, S, D] (fp32)."""
     ks = spec.kmeans
     assert ks is not None
     if warm is None:
-        init = km.init_centroids(r, ks.centroids, ks.seed + t)
+        init = km.init_centroids(r, ks.centroids, ks.seed + t, period=heads)
     else:
         init = warm.reshape(r.shape[0], ks.centroids, r.shape[2]).float()
-    cent = km.kmeans(r, init, ks.iters, ks.tol).centroids.to(ks.centroid_dtype)
+    iters = ks.iterations(warm is not None)
+    cent = km.kmeans(r, init, iters, ks.tol).centroids.to(ks.centroid_dtype)
     return cent, km.assign(r, cent.float())
 
 
@@ -61,7 +62,8 @@ def encode(
     out: dict[str, torch.Tensor] = {}
     stages = []
     for t in range(ks.stages):
-        cent, ids = kmeans_stage(r, spec, t, warm_centroids(warm, t, (b, h, ks.centroids, d)))
+        w = warm_centroids(warm, t, (b, h, ks.centroids, d))
+        cent, ids = kmeans_stage(r, spec, t, w, heads=h)
         r = r - torch.gather(cent.float(), 1, ids[..., None].expand(-1, -1, d))
         stages.append((cent, ids))
     y = rotate_groups(r, qs.group_size) if qs.rotate else r

@@ -40,10 +40,11 @@ def encode(
     for t in range(ks.stages):
         w = warm_centroids(warm, t, (b, h, ks.centroids, d))
         if w is None:
-            init = kmeans_triton.init_centroids(r, ks.centroids, ks.seed + t)
+            init = kmeans_triton.init_centroids(r, ks.centroids, ks.seed + t, period=h)
         else:
             init = w.reshape(b * h, ks.centroids, d).float()
-        cent = kmeans_triton.kmeans(r, init, ks.iters, ks.tol).centroids.to(ks.centroid_dtype)
+        iters = ks.iterations(w is not None)
+        cent = kmeans_triton.kmeans(r, init, iters, ks.tol).centroids.to(ks.centroid_dtype)
         idx = kmeans_triton.assign(r, cent)
         if t + 1 < ks.stages:  # the next stage clusters this residual (fp32, as the reference)
             r = r.float() - torch.gather(cent.float(), 1, idx[..., None].expand(-1, -1, d))

@@ -107,6 +107,10 @@ class KMeansSpec:
     """Lloyd iterations (assign + update) per stage, then a final assignment. 8, not the
     official 2: on video-like K/V each doubling still lowers relative MSE ~3%, and encoding
     happens once per span, off the per-step path."""
+    warm_iters: int | None = 1
+    """Lloyd iterations when warm-started from the previous span's centroids (None: `iters`).
+    1 by default: measured on video-like K/V, a warm 1-iteration span matches a cold
+    8-iteration one's error (BENCHMARKS.md, "Centroid caching") at ~3x less encode time."""
     tol: float = 1e-3
     """Stop early when fewer than this fraction of tokens change cluster."""
     seed: int = 0
@@ -121,10 +125,16 @@ class KMeansSpec:
             raise ValueError(f"KMeansSpec.centroids={self.centroids}: use 1..32768")
         if self.iters < 0:
             raise ValueError(f"KMeansSpec.iters={self.iters}: must be >= 0")
+        if self.warm_iters is not None and self.warm_iters < 0:
+            raise ValueError(f"KMeansSpec.warm_iters={self.warm_iters}: must be >= 0 or None")
         if not 0.0 <= self.tol < 1.0:
             raise ValueError(f"KMeansSpec.tol={self.tol}: must be in [0, 1)")
         if self.centroid_dtype not in (torch.bfloat16, torch.float16, torch.float32):
             raise ValueError("KMeansSpec.centroid_dtype: use torch.bfloat16, float16 or float32")
+
+    def iterations(self, warm: bool) -> int:
+        """Lloyd iterations of a stage: `warm_iters` when warm-started (if set), else `iters`."""
+        return self.warm_iters if warm and self.warm_iters is not None else self.iters
 
     @property
     def id_dtype(self) -> torch.dtype:

@@ -191,7 +191,7 @@ def warm_rows(name: str, kv: dict, repeat: int, copy: float, backend: str) -> li
         ("warm", 1, prev),
         ("warm", spec.kmeans.iters, prev),
     ):
-        fns = _ours_fns(spec.with_kmeans(iters=iters), backend, warm)
+        fns = _ours_fns(spec.with_kmeans(iters=iters, warm_iters=None), backend, warm)
         rows.append(_row(f"{name} span2 {label} ({iters} it)", second, *fns, repeat, copy))
     return rows
 

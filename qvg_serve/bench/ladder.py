@@ -6,8 +6,13 @@ runs for real, through the paged pool). The arena is given in bytes (--arena-byt
 fraction of the streams' whole BF16 history (--arena-fraction, default 0.5). Each mode runs in
 the same arena, same process, same streams:
 
-    bf16   rungs offload/drop/preempt/refuse only, encode_policy "pressure": BF16-only paging
-    qvg    every rung, encode_policy "eager" (the default policy)
+    bf16        rungs offload/drop/preempt/refuse only, encode_policy "pressure": BF16-only paging
+    qvg         every rung, encode_policy "eager" (the default policy)
+    bf16-ample  bf16's rungs in an arena that holds every stream's whole BF16 history plus
+                slack (--ample-factor x the BF16 need): the no-pressure throughput baseline
+
+`--encode-batch-bytes 1 --warm-iters 8` reproduces the encode before batching (one codec call
+per layer, warm spans at the cold iteration count) for an A/B in the same process.
 
 One JSON row per run: streams, completed, drop, preempt, encode, reencode, offload, wall_s,
 video frames/s, peak resident streams, arena bytes, bf16-need bytes. `--sweep` reports per mode
@@ -40,6 +45,7 @@ from scheduler.vocab import RUNGS, EncodePolicy, Rung, StreamState
 MODES = {
     "bf16": dict(rungs=frozenset(RUNGS) - {Rung.ENCODE, Rung.REENCODE}, policy="pressure"),
     "qvg": dict(rungs=frozenset(RUNGS), policy="eager"),
+    "bf16-ample": dict(rungs=frozenset(RUNGS) - {Rung.ENCODE, Rung.REENCODE}, policy="pressure"),
 }
 
 
@@ -59,6 +65,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-steps", type=int, default=200_000)
     p.add_argument("--json", action="store_true")
     p.add_argument("--simulate", action="store_true", help="scheduler/sim.py, no tensors")
+    p.add_argument("--ample-factor", type=float, default=1.25,
+                   help="bf16-ample mode: arena = this x the streams' BF16 history")
+    p.add_argument("--encode-batch-bytes", type=int, default=None,
+                   help="KVPool.encode_batch_bytes (1 = one codec call per layer)")
+    p.add_argument("--warm-iters", type=int, default=None,
+                   help="k-means iterations of warm-started spans (default: the spec's, 1)")
 
 
 def bf16_need(mc, chunks: int, streams: int) -> int:
@@ -120,6 +132,13 @@ def run_mode(rt, args, mode: str, streams: int, arena: int) -> dict:
     sc = scheduler_config(mc, args, mode, streams)
     cfg = EngineConfig(model=mc.name, kv_cache_memory_bytes=arena, device=str(rt.device))
     eng = Engine(rt.model, cfg, sc, decoder=rt.decoder, device=rt.device)
+    if args.encode_batch_bytes is not None:
+        eng.pool.encode_batch_bytes = args.encode_batch_bytes
+    if args.warm_iters is not None:
+        eng.pool.specs = {
+            f: s.with_kmeans(warm_iters=args.warm_iters) if s.kmeans else s
+            for f, s in eng.pool.specs.items()
+        }
     gen = torch.Generator().manual_seed(0)
     for i in range(streams):
         text = torch.randn(mc.text_len, mc.text_dim, generator=gen)
@@ -141,6 +160,8 @@ def run_mode(rt, args, mode: str, streams: int, arena: int) -> dict:
     lad = eng.kv_stats().ladder
     return {
         "mode": mode, "model": mc.name, "streams": streams, "chunks": args.chunks,
+        "encode_batch_bytes": eng.pool.encode_batch_bytes,
+        "warm_iters": {f: s.kmeans.warm_iters for f, s in eng.pool.specs.items() if s.kmeans},
         "completed": sum(1 for r in ends.values() if r == "completed"),
         "drop": lad.get("drop", 0), "preempt": lad.get("preempt", 0),
         "encode": lad.get("encode", 0), "reencode": lad.get("reencode", 0),
@@ -194,10 +215,12 @@ def run(args: argparse.Namespace) -> int:
         if mode not in MODES:
             print(f"qvg-serve bench ladder: unknown mode {mode!r}; use {sorted(MODES)}")
             return 2
+        need = bf16_need(mc, args.chunks, args.streams)
+        at = int(args.ample_factor * need) if mode == "bf16-ample" else arena
         row = (
-            sweep(rt, args, mode, arena)
+            sweep(rt, args, mode, at)
             if args.sweep
-            else run_mode(rt, args, mode, args.streams, arena)
+            else run_mode(rt, args, mode, args.streams, at)
         )
         out.append(row)
         if not args.json:

@@ -120,6 +120,21 @@ def _split(
     return out
 
 
+def stacked(item: torch.Tensor, fields: Sequence[TensorField], kv: KVShape) -> dict:
+    """{name: view [2 * layers, *shape]} into the uint8 bytes `item` (no copy): row 2l + h is
+    layer l's K (h = 0) or V (h = 1) slice, so one copy fills a field for every layer."""
+    if item.dtype != torch.uint8 or item.dim() != 1:
+        raise ValueError("pool items are flat uint8 byte views")
+    step = slice_bytes(fields)
+    if item.numel() != 2 * kv.layers * step:
+        raise ValueError(f"item holds {item.numel()} bytes, its layout {2 * kv.layers * step}")
+    rows, out, pos = item.view(2 * kv.layers, step), {}, 0
+    for f in fields:
+        out[f.name] = rows[:, pos : pos + f.nbytes].view(f.dtype).view(rows.shape[0], *f.shape)
+        pos += f.nbytes
+    return out
+
+
 def split_page(item: torch.Tensor, spec: CodecSpec | str, kv: KVShape):
     """[layer][kv] -> {name: view} of one page's bytes."""
     return _split(item, page_fields(get_spec(spec), kv), kv)

@@ -98,8 +98,12 @@ class KVPool:
         device: torch.device | str,
         specs: dict[str, CodecSpec] | None = None,
         backend: str = "auto",
+        encode_batch_bytes: int = 512 << 20,
     ) -> None:
+        """`encode_batch_bytes`: bf16 K/V bytes of the layers one codec call encodes together
+        (an encode batches layers to cut kernel launches; its transient memory is ~2x this)."""
         self.kv, self.alloc, self.backend = kv, allocator, backend
+        self.encode_batch_bytes = encode_batch_bytes
         self.device = torch.device(device)
         layout = allocator.layout
         self.specs = resolve_specs(list(layout.page_bytes), specs)
@@ -165,26 +169,36 @@ class KVPool:
         self._encode(plan)
 
     def _encode(self, plan: Plan) -> None:
+        """Encode the plan's pages: K and V of many layers per codec call (one batch of
+        2 * layers rows), then one copy per page and field into the destination items."""
         assert plan.fmt is not None
         spec, pages = self.specs[plan.fmt], [r.page for r in plan.relocations]
         src = self.read_plan(pages, use_src=plan)
-        warm_books = self._warm_codebook(plan)
-        dst = [kf.split_page(self.item(r.dst), spec, self.kv) for r in plan.relocations]
-        book = kf.split_codebook(self.item(plan.codebook), spec, self.kv) if plan.codebook else None
-        t = self.kv.page_tokens
-        for layer in range(self.kv.layers):
-            kv_bf16 = self.read_layer(src, layer)
-            for half, role in enumerate("kv"):
-                warm = warm_books[layer][half] if warm_books else None
-                enc = codec.encode(
-                    kv_bf16[half][None], spec, role=role, warm_start=warm, backend=self.backend
-                )
-                for i, views in enumerate(dst):
-                    for name, view in views[layer][half].items():
-                        view.copy_(enc.tensors[name][0, :, i * t : (i + 1) * t])
-                if book is not None:
-                    for name, view in book[layer][half].items():
-                        view.copy_(enc.tensors[name][0])
+        kv, t = self.kv, self.kv.page_tokens
+        page_f, book_f = kf.page_fields(spec, kv), kf.codebook_fields(spec, kv)
+        dst = [kf.stacked(self.item(r.dst), page_f, kv) for r in plan.relocations]
+        book = kf.stacked(self.item(plan.codebook), book_f, kv) if plan.codebook else None
+        warm = self._warm_codebook(plan)
+        per_layer = 2 * kv.heads * src.tokens * kv.head_dim * 2  # bf16 bytes of one layer's K, V
+        step = max(1, min(kv.layers, self.encode_batch_bytes // per_layer))
+        for lo in range(0, kv.layers, step):
+            hi = min(kv.layers, lo + step)
+            x = torch.empty(hi - lo, 2, kv.heads, src.tokens, kv.head_dim, dtype=torch.bfloat16,
+                            device=self.device)
+            for layer in range(lo, hi):
+                self.read_layer(src, layer, out=x[layer - lo])
+            rows = slice(2 * lo, 2 * hi)  # row 2l + h: layer l, K (h = 0) / V (h = 1)
+            w = None
+            if warm is not None:
+                shape = (2 * (hi - lo), kv.heads, 0, kv.head_dim)
+                w = Encoded(warm[0], shape, "k", {n: v[rows] for n, v in warm[1].items()})
+            enc = codec.encode(x.flatten(0, 1), spec, role="k", warm_start=w, backend=self.backend)
+            for i, views in enumerate(dst):
+                for name, view in views.items():
+                    view[rows].copy_(enc.tensors[name][:, :, i * t : (i + 1) * t])
+            if book is not None:
+                for name, view in book.items():
+                    view[rows].copy_(enc.tensors[name])
         if plan.span is not None and plan.stream is not None:
             self._last_span[plan.stream] = plan.span
 
@@ -193,7 +207,8 @@ class KVPool:
         self._last_span.pop(stream, None)
 
     def _warm_codebook(self, plan: Plan):
-        """[layer][kv] -> Encoded holding the stream's previous span centroids, or None."""
+        """(its spec, {name: [2 * layers, ...]} views) of the stream's previous span codebook,
+        or None."""
         span = self._last_span.get(plan.stream) if plan.stream is not None else None
         try:
             loc = self.alloc.codebook(span) if span is not None else None
@@ -213,15 +228,7 @@ class KVPool:
         if loc is None or loc.tier != "gpu" or loc.fmt not in self.specs:
             return None
         spec = self.specs[loc.fmt]
-        views = kf.split_codebook(self.item(loc), spec, self.kv)
-        shape = (1, self.kv.heads, 0, self.kv.head_dim)
-        return [
-            [
-                Encoded(spec, shape, r, {n: x[None] for n, x in views[layer][h].items()})
-                for h, r in enumerate("kv")
-            ]
-            for layer in range(self.kv.layers)
-        ]
+        return spec, kf.stacked(self.item(loc), kf.codebook_fields(spec, self.kv), self.kv)
 
     # -- reads -------------------------------------------------------------------------------
 

@@ -22,8 +22,8 @@ def _x(b=1, h=2, s=1560, d=128, seed=0):
     return x.reshape(b, h, s, d)
 
 
-def _spec(name="qvg-int2", centroids=16, iters=3):
-    return get_spec(name).with_kmeans(centroids=centroids, iters=iters)
+def _spec(name="qvg-int2", centroids=16, iters=3, warm_iters=None):
+    return get_spec(name).with_kmeans(centroids=centroids, iters=iters, warm_iters=warm_iters)
 
 
 def _centroid_sum(enc) -> torch.Tensor:
@@ -126,6 +126,30 @@ def test_warm_start_uses_previous_centroids():
     cold = codec.encode(x2, _spec(iters=0))
     err = lambda e: float((x2 - codec.decode(e, out_dtype=torch.float32)).square().sum())  # noqa: E731
     assert err(zero_iter) < err(cold)
+
+
+def test_warm_start_runs_warm_iters():
+    """A warm-started span runs `warm_iters` Lloyd iterations (1 by default), a cold one `iters`."""
+    from kernels import kmeans_ref
+
+    calls = []
+    real = kmeans_ref.kmeans
+
+    def counting(x, init, iters, tol):
+        calls.append(iters)
+        return real(x, init, iters, tol)
+
+    x1, x2 = _x(s=200, seed=1), _x(s=200, seed=2)
+    spec = get_spec("qvg-int2").with_kmeans(centroids=16, iters=5)
+    assert spec.kmeans.warm_iters == 1
+    kmeans_ref.kmeans = counting
+    try:
+        first = codec.encode(x1, spec, backend="reference")
+        codec.encode(x2, spec, warm_start=first, backend="reference")
+        codec.encode(x2, spec.with_kmeans(warm_iters=None), warm_start=first, backend="reference")
+    finally:
+        kmeans_ref.kmeans = real
+    assert calls == [5, 1, 5]
 
 
 def test_warm_start_with_other_shape_is_ignored():

@@ -85,10 +85,30 @@ def test_encode_plan_equals_codec_reference(fmt):
     pool.execute(plan)
     alloc.commit(plan)
     pool.check_invariants()
-    got = pool.read_layer(pool.read_plan(pages), layer=0)
-    for half, x in enumerate((k[0], v[0])):
-        enc = codec.encode(x[None], SPECS[fmt], role="kv"[half], backend="reference")
-        assert torch.equal(got[half], codec.decode(enc, backend="reference")[0])
+    for layer in range(KV.layers):  # one batched encode == a codec call per layer and half
+        got = pool.read_layer(pool.read_plan(pages), layer=layer)
+        for half, x in enumerate((k[layer], v[layer])):
+            enc = codec.encode(x[None], SPECS[fmt], role="kv"[half], backend="reference")
+            assert torch.equal(got[half], codec.decode(enc, backend="reference")[0])
+
+
+def test_encode_batch_size_does_not_change_bytes():
+    """Layers per codec call (encode_batch_bytes) is a speed knob only: same bytes written."""
+    items = []
+    for batch in (1, 1 << 30):  # one layer per call / all layers in one call
+        pool, alloc = make_pool()
+        pool.encode_batch_bytes = batch
+        pages = alloc.allocate(1, "bf16", 3)
+        pool.write_pages(pages, *chunk(3, 4))
+        for run in (pages[:2], pages[2:]):  # the second span warm-starts from the first
+            plan = alloc.begin_encode(1, run, "qvg-int2")
+            pool.execute(plan)
+            alloc.commit(plan)
+        books = [alloc.codebook(alloc.span_of(p)) for p in (pages[0], pages[2])]
+        locs = [alloc.location(p) for p in pages] + books
+        items.append([pool.item(loc).clone() for loc in locs])
+    for a, b in zip(*items, strict=True):
+        assert torch.equal(a, b)
 
 
 def test_reencode_int4_to_int2_and_warm_start():
@@ -108,7 +128,7 @@ def test_reencode_int4_to_int2_and_warm_start():
 
 
 def test_warm_start_reads_previous_span_centroids():
-    spec0 = {f: s.with_kmeans(iters=0) for f, s in SPECS.items()}
+    spec0 = {f: s.with_kmeans(iters=0, warm_iters=0) for f, s in SPECS.items()}
     page = kf.page_bytes("bf16", KV)
     alloc = PageAllocator(pool_layout(KV, FORMATS, 20 * page, 0, spec0))
     pool = KVPool(KV, alloc, "cpu", spec0)
