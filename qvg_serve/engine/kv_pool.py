@@ -105,6 +105,8 @@ class KVPool:
         self.kv, self.alloc, self.backend = kv, allocator, backend
         self.encode_batch_bytes = encode_batch_bytes
         self.device = torch.device(device)
+        if self.device.type == "cuda" and self.device.index is None:  # "cuda" != "cuda:0"
+            self.device = torch.device("cuda", torch.cuda.current_device())
         layout = allocator.layout
         self.specs = resolve_specs(list(layout.page_bytes), specs)
         for fmt, spec in self.specs.items():
