@@ -264,11 +264,14 @@ class Scheduler:
             kind, n = PassKind.RECOMPUTE, s.rebuild
         elif s.committing:
             kind, n = PassKind.COMMIT, 0 if s.reserved else s.spec.pages_per_chunk
-        elif self._reserve and not s.reserved:  # the chunk's commit pages, before its first pass
+        elif self._reserve and not s.reserved:  # the chunk's commit pages, from its first pass
             got = self._allocate(s, s.spec.pages_per_chunk, fx, batch)
-            if got is None:
+            if got is None and not self.config.denoise_unreserved:
                 return None  # the batch runs without it (never a drop for a reservation)
-            s.reserved = got
+            # else a denoise pass writes no pages: it runs, and the reservation is tried again
+            # at the next pass (the plans just ordered to make room land in between); the
+            # commit pass itself never runs without its pages
+            s.reserved = got or ()
         new: tuple[int, ...] = s.reserved if kind == PassKind.COMMIT else ()
         if n:
             got = self._allocate(s, n, fx, batch)

@@ -149,8 +149,14 @@ def run_mode(rt, args, mode: str, streams: int, arena: int) -> dict:
             raise ValueError(f"stream {i} refused at submit ({adm.reason}): raise --max-waiting")
     ends: dict[int, str] = {}
     frames, peak, steps, t0 = 0, 0, 0, time.perf_counter()
+    by_kind: dict[str, list[float]] = {}  # "<batch>" / "<batch>+plans" -> step seconds
+    sync = torch.cuda.synchronize if rt.device.type == "cuda" else (lambda: None)
     while eng.busy() and steps < args.max_steps:
+        ts = time.perf_counter()
         report = eng.step()
+        sync()
+        key = f"{report.batch}{'+plans' if report.stats.plans_done else ''}"
+        by_kind.setdefault(key, []).append(time.perf_counter() - ts)
         steps += 1
         frames += sum(c.frames.shape[0] for _, c in report.chunks)
         ends.update(report.ended)
@@ -171,6 +177,10 @@ def run_mode(rt, args, mode: str, streams: int, arena: int) -> dict:
         "video_frames_per_s": round(frames / wall, 2) if wall else 0.0,
         "peak_resident": peak, "arena_bytes": eng.kv_stats().total_bytes["gpu"],
         "bf16_need_bytes": bf16_need(mc, args.chunks, streams),
+        # per batch size, steps that also executed encode/move plans ("+plans") apart: where
+        # the time goes (a QVG run's extra cost = its plan steps' excess + its smaller batches)
+        "steps_by_batch": {k: {"n": len(v), "mean_s": round(sum(v) / len(v), 4)}
+                           for k, v in sorted(by_kind.items())},
     }  # fmt: skip
 
 

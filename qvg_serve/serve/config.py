@@ -126,6 +126,7 @@ class SchedulerSettings(_Strict):
     encode_policy: Literal["eager", "pressure"] = _from(SchedulerConfig, "encode_policy")
     eager_span_pages: int = _from(SchedulerConfig, "eager_span_pages", ge=1)
     eager_plans_per_step: int = _from(SchedulerConfig, "eager_plans_per_step", ge=0)
+    denoise_unreserved: bool = _from(SchedulerConfig, "denoise_unreserved")
     admit_headroom: float = _from(SchedulerConfig, "admit_headroom", gt=0, le=4)
     early_format: str = _from(SchedulerConfig, "early_format")
     deep_format: str = _from(SchedulerConfig, "deep_format")
