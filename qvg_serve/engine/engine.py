@@ -249,10 +249,10 @@ class Engine:
             try:
                 self.pool.execute(order.plan)
                 done.append(order.plan.id)
-            except (RuntimeError, ValueError):  # e.g. CUDA OOM in a codec temp: retry later
-                log.warning("plan %d (%s) failed; the scheduler retries it later",
-                            order.plan.id, order.action, exc_info=True)  # fmt: skip
+            except torch.OutOfMemoryError:  # a codec temp did not fit now: retry later
+                log.warning("plan %d (%s): device OOM, retried", order.plan.id, order.action)
                 failed.append(order.plan.id)
+            # anything else would fail again every step (a silent stall): it propagates
         return tuple(done), tuple(failed)
 
     def _forward(self, batch: tuple[BatchItem, ...]) -> tuple[list[int], list[tuple[int, Chunk]]]:

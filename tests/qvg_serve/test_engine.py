@@ -195,3 +195,39 @@ def test_tight_arena_eager_ladder_loses_nothing():
         rungs=frozenset({"offload", "drop", "preempt", "refuse"}), encode_policy="pressure"
     )
     assert bf16.get("drop", 0) + bf16.get("preempt", 0) > 0, bf16  # the pressure is real
+
+
+def test_plan_failures_retry_only_out_of_memory(monkeypatch):
+    """A plan that runs out of device memory is retried later; any other failure is a bug that
+    would repeat every step (streams stalled, nothing said): it propagates from step()."""
+    page = 2 * MC.layers * MC.tokens_per_frame * MC.dim * 2
+    eng = engine(budget=int(0.45 * 2 * 5 * MC.frames_per_chunk * page), max_batch_streams=2)
+    for i in range(2):
+        eng.submit(text(i), chunks=5, seed=i)
+    real, calls = eng.pool.execute, []
+
+    def oom_once(plan):
+        calls.append(plan.id)
+        if len(calls) == 1:
+            raise torch.OutOfMemoryError("injected")
+        real(plan)
+
+    monkeypatch.setattr(eng.pool, "execute", oom_once)
+    ends: dict[int, str] = {}
+    while eng.busy():
+        ends.update(eng.step().ended)
+        eng.check_invariants()
+    assert len(calls) > 1 and set(ends.values()) == {"completed"}
+    assert eng.kv_stats().ladder.get("drop", 0) == 0
+
+    eng = engine(budget=int(0.45 * 2 * 5 * MC.frames_per_chunk * page), max_batch_streams=2)
+    for i in range(2):
+        eng.submit(text(i), chunks=5, seed=i)
+
+    def broken(plan):
+        raise ValueError("injected bug")
+
+    monkeypatch.setattr(eng.pool, "execute", broken)
+    with pytest.raises(ValueError, match="injected bug"):
+        for _ in range(200):
+            eng.step()
