@@ -62,7 +62,7 @@ class Scheduler:
             config, allocator, self.ops, self.ladder, self.queue, self.footprints
         )
         self.room = Headroom(config, self.ops, self.lifecycle.admitted, self.ladder.total)
-        # eager policy: commit pages reserved before a chunk's first pass, lossless first
+        # eager policy: commit pages reserved from a chunk's first pass, lossless first
         self._reserve = config.encode_policy == EncodePolicy.EAGER
         self.counters: Counter[str] = self.ops.counters
         self.step = 0
