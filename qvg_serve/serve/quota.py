@@ -54,8 +54,10 @@ class Leases:
 
     def beat(self, replica: str, report: dict) -> dict:
         """`replica`'s report (see the module docstring) -> its new lease set."""
-        r = self.replicas.setdefault(replica, _Replica())
         seq = report.get("seq", 0)
+        # a replica new to this book (the store restarted, or it was taken for dead) goes on
+        # from the lease set it applied, so it takes the next one as newer
+        r = self.replicas.setdefault(replica, _Replica(seq=seq))
         r.applied = dict(report.get("leases", {}))
         r.sent = [(s, got) for s, got in r.sent if s > seq]
         tenants = report.get("tenants", {})

@@ -121,4 +121,7 @@ def test_a_forgotten_replica_frees_its_lease_and_uncapped_tenants_get_none():
     book.forget("x")
     got = book.beat("y", {"tenants": {"a": [0, 5, CAP]}})
     assert got["leases"] == {"a": 5}
+    x.extra = 0
+    x.beat(book), x.apply()  # x beats again (it was only slow): its next lease set is newer
+    assert x.applied[0] > 1 and x.lease() == 0
     assert book.beat("z", {})["leases"] == {}  # a replica with no capped tenant: no leases
