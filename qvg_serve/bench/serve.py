@@ -31,7 +31,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--frames", type=int, default=None, help="frames per stream (24; scenarios: "
                    "viewers 960, disconnect 480, placement 480, rss 48)")  # fmt: skip
     p.add_argument("--scenario", choices=["levels", *SCENARIOS], default="levels")
-    p.add_argument("--model", default=None, help="tiny (default) or tiny-test (BF16 pages)")
+    p.add_argument("--model", default=None, help="tiny (default)")
+    p.add_argument(
+        "--replica-cpus",
+        type=float,
+        default=None,
+        help="scenarios: Ray CPUs per engine replica (min(0.5, 1 / replicas))",
+    )
     p.add_argument("--replicas", type=int, default=None, help="engine replicas (scenarios)")
     p.add_argument("--viewers", type=int, default=500, help="viewers: SSE connections open")
     p.add_argument("--watched", type=int, default=20, help="viewers: streams they watch")

@@ -29,12 +29,10 @@ PROMPT = "a red circle bouncing on black"
 def config(args: argparse.Namespace, replicas: int, **server) -> dict:
     """A local app on the CPU: `--model` (tiny by default), `replicas` engine replicas
     sharing the local Ray's CPUs."""
-    cpus = round(min(0.5, 1.0 / replicas), 3)
-    # tiny-test's head_dim (24) is not a multiple of the QVG formats' group (64): BF16 pages
-    formats = {"formats": ["bf16"]} if args.model == "tiny-test" else {}
+    cpus = args.replica_cpus or round(min(0.5, 1.0 / replicas), 3)
     return {
         "engine": {"model": args.model, "device": args.device,
-                   "kv_cache_memory_bytes": args.kv_cache_mib << 20, **formats},
+                   "kv_cache_memory_bytes": args.kv_cache_mib << 20},
         "scheduler": {"max_waiting": 256, "max_batch_streams": args.max_batch_streams},
         "server": {"auth": False, **server},
         "deployment": {"num_replicas": replicas, "max_ongoing_requests": 256,
