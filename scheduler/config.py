@@ -39,7 +39,8 @@ class TenantConfig:
     weight: float = 1.0
     """Weight in the fair share of GPU pages and of batch slots; 1.0 = an equal share."""
     page_cap: int | None = None
-    """At most this many GPU pages at once (None = no cap beyond the pool itself)."""
+    """At most this many GPU pages at once, summed over a server's engine replicas (None = no
+    cap beyond the pool itself)."""
     page_floor: int = 0
     """Guaranteed GPU pages: other tenants' pressure never offloads/drops/preempts below it."""
 

@@ -22,7 +22,7 @@ from .pages import PageAllocator
 from .rungs import PoolOps
 from .runqueue import RunQueue
 from .stream import Stream, StreamSpec
-from .tenants import TenantBook
+from .tenants import TenantBook, TenantPages
 from .vocab import (
     EncodePolicy,
     EndReason,
@@ -113,6 +113,15 @@ class Scheduler:
     def streams_that_fit(self, spec: StreamSpec) -> int:
         """How many more streams like `spec` admission takes now (the capacity endpoint)."""
         return self.footprints.streams_that_fit(spec)
+
+    def tenant_pages(self) -> dict[str, TenantPages]:
+        """Held and wanted GPU pages per capped tenant (what a server's leases follow)."""
+        return self.book.pages(self.streams.values())
+
+    def set_page_leases(self, leases: dict[str, int] | None) -> None:
+        """Each capped tenant's share of a cluster-wide cap: at most min(page_cap, lease) GPU
+        pages here, 0 without a lease; None: the configured caps alone (tenants.py)."""
+        self.book.leases = None if leases is None else dict(leases)
 
     @property
     def n_waiting(self) -> int:

@@ -190,6 +190,9 @@ class Lifecycle:
             if not self.book.fits_cap(s.spec.tenant, s.spec.pages_per_chunk):
                 skipped.append(s)
                 continue
+            if not self.book.fits_lease(s.spec):  # cluster-wide cap (tenants.py)
+                skipped.append(s)
+                continue
             if self.footprints.gate and self.admitted and not self.footprints.fits(s.spec):
                 skipped.append(s)  # its history would not fit at the deep format: it waits
                 break
@@ -216,7 +219,7 @@ class Lifecycle:
         s.started_at = now
         self.admitted[s.id] = s
         self.footprints.add(s.spec)
-        self.book.add_stream(s.spec.tenant)
+        self.book.add_stream(s)
         s.record(step, Event.ADMITTED)
         if s.state is StreamState.RUNNING:
             self.queue.join(s)
@@ -239,7 +242,7 @@ class Lifecycle:
         self.freed.extend(self.alloc.release_stream(s.id))
         self.book.add_pages(s, -s.gpu_pages)
         if self.admitted.pop(s.id, None) is not None:
-            self.book.remove_stream(s.spec.tenant)
+            self.book.remove_stream(s)
             self.footprints.remove(s.id)
         s.reserved = ()
         s.segments = []

@@ -4,6 +4,9 @@ Per concurrency level: N clients each create a stream (POST) and read its SSE fr
 first frame = POST sent -> first frame event received (admission + a chunk's denoising + decode
 + JPEG + transport); inter-chunk latency = gap between the first frames of consecutive chunks.
 Errors = a refused create (429/4xx/5xx) or a stream that did not deliver all its frames.
+
+`--scenario viewers | disconnect | placement | rss` runs one of issue 16's operations targets
+instead (serve_ops.py, serve_fleet.py).
 """
 
 from __future__ import annotations
@@ -15,10 +18,44 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+SCENARIOS = {  # name -> (module, function, replicas, frames per stream)
+    "viewers": ("serve_ops", "viewers", 2, 960),
+    "disconnect": ("serve_ops", "disconnect", 2, 480),
+    "placement": ("serve_fleet", "placement", 4, 480),
+    "rss": ("serve_fleet", "rss", 1, 48),
+}
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--streams", default="1,8,32,100", help="concurrency levels, comma-separated")
-    p.add_argument("--frames", type=int, default=24, help="frames per stream")
+    p.add_argument("--frames", type=int, default=None, help="frames per stream (24; scenarios: "
+                   "viewers 960, disconnect 480, placement 480, rss 48)")  # fmt: skip
+    p.add_argument("--scenario", choices=["levels", *SCENARIOS], default="levels")
+    p.add_argument("--model", default=None, help="tiny (default)")
+    p.add_argument(
+        "--replica-cpus",
+        type=float,
+        default=None,
+        help="scenarios: Ray CPUs per engine replica (min(0.5, 1 / replicas))",
+    )
+    p.add_argument("--replicas", type=int, default=None, help="engine replicas (scenarios)")
+    p.add_argument("--viewers", type=int, default=500, help="viewers: SSE connections open")
+    p.add_argument("--watched", type=int, default=20, help="viewers: streams they watch")
+    p.add_argument("--workers", type=int, default=4, help="viewers: timing clients")
+    p.add_argument("--pause", type=float, default=0.05, help="viewers: s between a client's ops")
+    p.add_argument("--seconds", type=float, default=None, help="viewers 60 / rss 540")
+    p.add_argument("--trials", type=int, default=200, help="disconnect: trials per flag value")
+    p.add_argument("--batch", type=int, default=10, help="disconnect: trials at once")
+    p.add_argument("--grace", type=float, default=10.0, help="disconnect: s for a cancel")
+    p.add_argument("--hold", type=float, default=3.0, help="disconnect: s watched, flag off")
+    p.add_argument("--bursts", type=int, default=5, help="placement: bursts")
+    p.add_argument("--burst", type=int, default=40, help="placement: creates at once")
+    p.add_argument("--settle", type=float, default=3.0, help="placement: s before measuring")
+    p.add_argument("--concurrency", type=int, default=8, help="rss: streams at once")
+    p.add_argument("--count", type=int, default=1000, help="rss: streams at most")
+    p.add_argument("--every", type=float, default=10.0, help="rss: s between RSS samples")
+    p.add_argument("--warmup", type=int, default=20, help="rss: streams before growth counts")
+    p.add_argument("--frames-ram-mib", type=int, default=64, help="rss: durability cap")
     p.add_argument("--kv-cache-mib", type=int, default=256)
     p.add_argument("--device", default="cpu")
     p.add_argument("--max-batch-streams", type=int, default=8)
@@ -86,14 +123,42 @@ def _q(xs: list[float], q: float) -> float | None:
     return round(statistics.quantiles(xs, n=100, method="inclusive")[round(q * 100) - 1], 4)
 
 
+def scenario(args: argparse.Namespace) -> int:
+    import importlib
+
+    from qvg_serve.bench import serve_ops
+    from qvg_serve.serve.cli import start, stop
+
+    module, fn, replicas, frames = SCENARIOS[args.scenario]
+    args.replicas = args.replicas or replicas
+    args.frames = args.frames or frames
+    args.model = args.model or "tiny"
+    args.seconds = args.seconds or (60.0 if args.scenario == "viewers" else 540.0)
+    cfg = serve_ops.config(args, args.replicas, max_viewers_per_tenant=args.viewers + 64)
+    cfg["durability"]["frames_ram_mib"] = args.frames_ram_mib
+    run_it = getattr(importlib.import_module(f"qvg_serve.bench.{module}"), fn)
+    try:
+        base = args.url.rstrip("/") if args.url else start(cfg, "127.0.0.1", _free_port(),
+                                                            quiet=True)  # fmt: skip
+        result = {"scenario": args.scenario, "model": args.model, **run_it(base, args)}
+    finally:
+        if not args.url:
+            stop()
+    print(json.dumps(result, indent=1))
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.scenario != "levels":
+        return scenario(args)
+    args.frames = args.frames or 24
     levels = [int(x) for x in args.streams.split(",") if x.strip()]
     if args.url:
         return _report([level(args.url.rstrip("/"), n, args.frames) for n in levels], args)
     from qvg_serve.serve.cli import start, stop
 
     cfg = {
-        "engine": {"model": "tiny", "device": args.device,
+        "engine": {"model": args.model or "tiny", "device": args.device,
                    "kv_cache_memory_bytes": args.kv_cache_mib << 20},
         "scheduler": {"max_waiting": max(levels) + 8, "max_batch_streams": args.max_batch_streams,
                       "max_batch_tokens": args.max_batch_streams * 3 * 1560},

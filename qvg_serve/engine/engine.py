@@ -10,10 +10,10 @@ One `step()`:
     scheduler.update(StepResult)
     out.ended -> release those streams' tensor state; out.freed -> forget those pages
 
-The engine room's door (`submit`, `cancel`, `set_text`, `step()` -> `StepReport`, `snapshot`,
-`capacity`, `kv_stats`, `facts`, `busy`; plain values, `report.py`). Tensor-side per-stream
-state lives here (noise, latents, the small committed latents a preempted stream rebuilds its
-cache from); pages and policy live in the scheduler.
+The engine room's door (`submit`, `cancel`, `set_text`, `set_page_leases`, `step()` ->
+`StepReport`, `snapshot`, `capacity`, `kv_stats`, `facts`, `busy`; plain values, `report.py`).
+Tensor-side per-stream state lives here (noise, latents, the small committed latents a
+preempted stream rebuilds its cache from); pages and policy live in the scheduler.
 """
 
 from __future__ import annotations
@@ -209,6 +209,9 @@ class Engine:
                 )
         self.scheduler.reconfigure(scheduler_config)
 
+    def set_page_leases(self, leases: dict[str, int] | None) -> None:
+        self.scheduler.set_page_leases(leases)  # tenants' shares of cluster-wide caps
+
     def _check_text(self, text: torch.Tensor) -> None:
         want = (self.mc.text_len, self.mc.text_dim)
         if tuple(text.shape) != want:
@@ -335,9 +338,6 @@ class Engine:
     def busy(self) -> bool:
         """Whether any stream is live or has an end not yet reported by `step()`."""
         return bool(self.streams)
-
-    def is_live(self, stream_id: int) -> bool:
-        return stream_id in self.scheduler.streams
 
     def live_streams(self) -> tuple[int, ...]:
         """Streams waiting, running or preempted."""

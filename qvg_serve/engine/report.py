@@ -72,6 +72,9 @@ class KVStats(NamedTuple):
     waiting: int
     ladder: dict[str, int]
     """Ladder rung -> transitions so far (cumulative)."""
+    tenants: dict[str, tuple[int, int, int]]
+    """Capped tenant -> (GPU pages held, wanted next, page_cap): what its lease follows
+    (Engine.set_page_leases; serve/quota.py)."""
 
 
 class ModelFacts(NamedTuple):

@@ -91,6 +91,7 @@ def kv_stats(alloc: PageAllocator, sched: Scheduler) -> KVStats:
         streams=states,
         waiting=sched.n_waiting,
         ladder=dict(sched.counters),
+        tenants={t: tuple(p) for t, p in sched.tenant_pages().items()},
     )
 
 

@@ -2,7 +2,8 @@
 
     encoder thread:   chunk -> JPEGs -> store.commit(id, chunk, latents, JPEGs)   (async call)
                       end   -> engine snapshot -> store.end(id, reason, frames, snapshot)
-    heartbeat thread: every heartbeat_s: store.heartbeat(replica, ids held)
+    heartbeat thread: every heartbeat_s: store.heartbeat(replica, ids held, tenant pages)
+                      -> leases: capped tenants' pages allowed here (quota.py)
                       -> adopt: queued for the adopter thread
                       -> revoke: cancel here (the stream moved; its end is not reported)
                       -> frames: the store's frame bytes by tier (on_frames: the metrics)
@@ -130,10 +131,13 @@ class Homing:
     def _beat(self) -> None:
         while not self._stop.wait(self.heartbeat_s):
             try:
+                seq, leases = self.loop.leases
+                quota = {"seq": seq, "leases": leases, "tenants": self.loop.tenants}
                 reply = ray.get(
-                    self.store.heartbeat.remote(self.replica, list(self.by_pid)),
+                    self.store.heartbeat.remote(self.replica, list(self.by_pid), quota),
                     timeout=CALL_TIMEOUT_S,
                 )
+                self.loop.offer_leases(reply["leases"]["seq"], reply["leases"]["leases"])
                 if self.on_frames is not None:
                     self.on_frames(reply["frames"])
                 for pid in reply["revoke"]:

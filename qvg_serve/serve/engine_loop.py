@@ -53,6 +53,10 @@ class EngineLoop:
         self._created: dict[int, float] = {}  # stream -> submit time (TTFF)
         self._last: dict[int, float] = {}  # stream -> time of its last chunk (inter-chunk)
         self._counters: dict[str, int] = {}
+        # tenant page leases (serve/quota.py): figures out after each step, leases in
+        self.tenants: dict[str, tuple[int, int, int]] = {}  # capped tenant -> held, wanted, cap
+        self.leases: tuple[int, dict[str, int]] = (0, {})  # applied: (seq, tenant -> pages)
+        self._offered: tuple[int, dict[str, int]] | None = None
         self.encoder = ThreadPoolExecutor(1, thread_name_prefix="qvg-encode")
         self._thread = threading.Thread(target=self._run, name="qvg-engine", daemon=True)
         self._thread.start()
@@ -74,6 +78,12 @@ class EngineLoop:
             self._thread.join(timeout=30)
         self.encoder.shutdown(wait=wait)
 
+    def offer_leases(self, seq: int, leases: dict[str, int]) -> None:
+        """New tenant page leases (the heartbeat thread): applied before the next step, in
+        order (a later `seq` replaces one not yet applied)."""
+        self._offered = (seq, leases)
+        self._wake.set()
+
     def alive(self) -> bool:
         """Whether the engine thread runs (Serve's health check restarts a replica if not)."""
         return self._thread.is_alive()
@@ -83,6 +93,7 @@ class EngineLoop:
     def _run(self) -> None:
         self.update_gauges()
         while not self._stopping.is_set():
+            self._apply_leases()
             self._drain()
             if self.engine.busy():
                 self._step()
@@ -90,6 +101,12 @@ class EngineLoop:
                 self._wake.wait(IDLE_WAIT_S)
                 self._wake.clear()
         self._drain()
+
+    def _apply_leases(self) -> None:
+        got = self._offered
+        if got is not None and got[0] > self.leases[0]:
+            self.engine.set_page_leases(got[1])
+            self.leases = got
 
     def _drain(self) -> None:
         while True:
@@ -158,6 +175,7 @@ class EngineLoop:
     def update_gauges(self) -> None:
         """Streams by state, KV pages/bytes by format and tier, ladder counters."""
         m, kv = self.metrics, self.engine.kv_stats()
+        self.tenants = kv.tenants
         m.set_streams(kv.streams)
         m.waiting.set(kv.waiting)
         m.set_kv(kv.pages, kv.used_bytes)

@@ -119,6 +119,8 @@ class Homes:
             return got
         if await self.store.cancel.remote(stream_id, who):  # re-homing: ends in the store
             return {"cancelled": True, "pages_held": 0}
+        if (await self.settled(stream_id, who))["state"] == "ended":  # it ended on its home
+            return {"cancelled": False, "pages_held": 0}  # before the store heard of it
         raise recovering(stream_id)
 
     async def status(self, stream_id: str, who: str) -> JSONResponse | dict[str, Any]:

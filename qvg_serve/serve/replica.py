@@ -65,6 +65,7 @@ class EngineReplica:
             decoder=rt.decoder,
             device=rt.device,
         )
+        self.engine.set_page_leases({})  # tenant caps are cluster-wide: pages by lease only
         self.frames_per_chunk = self.engine.facts.frames_per_chunk
         dur = self.cfg.durability
         self.store = get_store(

@@ -45,6 +45,7 @@ from typing import Any
 import ray
 
 from qvg_serve.serve.frame_keeper import FrameKeeper
+from qvg_serve.serve.quota import Leases
 from qvg_serve.serve.spool import SpoolConfig, default_root
 from qvg_serve.serve.stream_record import Durable
 
@@ -71,6 +72,7 @@ class StreamStore:
         self.kept = FrameKeeper(self.streams, cfg)  # ended streams' frames under the caps
         self.beats: dict[str, float] = {}  # replica -> last heartbeat (monotonic)
         self.leaving: set[str] = set()  # replicas that handed their streams over
+        self.leases = Leases()  # capped tenants' pages per replica (cluster-wide caps)
         self.early: dict[str, list[tuple]] = {}  # commits that overtook their register
         self.released = 0
 
@@ -217,9 +219,10 @@ class StreamStore:
 
     # -- replica liveness and re-homing ---------------------------------------------------------
 
-    def heartbeat(self, replica: str, holding: list[str]) -> dict[str, list[str]]:
-        """A live replica's beat with the streams it runs: those it must adopt, and those it
-        must drop (re-homed while it was silent, or ended by a cancel while re-homing)."""
+    def heartbeat(self, replica: str, holding: list[str], quota: dict | None = None) -> dict:
+        """A live replica's beat with the streams it runs: those it must adopt, those it
+        must drop (re-homed while it was silent, or ended by a cancel while re-homing), and
+        its capped tenants' page leases for what it reports of them (`quota`: quota.py)."""
         if replica not in self.leaving:
             self.beats[replica] = time.monotonic()
         self._sweep()
@@ -229,7 +232,13 @@ class StreamStore:
             if rec.ended is None and rec.home == replica and rec.recovering_since is not None
         ]
         revoke = [p for p in holding if p not in self.streams or self._not_home(p, replica)]
-        return {"adopt": adopt, "revoke": revoke, "frames": self.kept.frame_bytes()}
+        leases = self.leases.beat(replica, quota or {})
+        return {"adopt": adopt, "revoke": revoke, "frames": self.kept.frame_bytes(),
+                "leases": leases}  # fmt: skip
+
+    def quota(self) -> dict[str, dict]:
+        """Capped tenants' pages and leases over the replicas (quota.py; tests, benches)."""
+        return self.leases.stats()
 
     def _not_home(self, pid: str, replica: str) -> bool:
         rec = self.streams[pid]
@@ -261,6 +270,7 @@ class StreamStore:
         """`replica` is stopping (drain): re-home its live streams now; how many."""
         self.leaving.add(replica)
         self.beats.pop(replica, None)
+        self.leases.forget(replica)
         return self._rehome(replica)
 
     def suspect(self, replica: str) -> None:
@@ -274,6 +284,7 @@ class StreamStore:
         for replica, beat in list(self.beats.items()):
             if now - beat > self.dead_after_s:
                 del self.beats[replica]
+                self.leases.forget(replica)
                 self._rehome(replica)
         self._assign_orphans()
         self._settle(now)

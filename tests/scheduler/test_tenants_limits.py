@@ -110,8 +110,44 @@ def test_lower_priority_loses_first_and_a_higher_class_is_never_hit_by_a_lower_o
 
 def test_fair_share_is_weighted():
     sched, _ = make(64, tenants={"a": TenantConfig(weight=3.0)})
-    sched.book.add_stream("a")
-    sched.book.add_stream("b")
+    sched.submit(spec(1, "a"))
+    sched.submit(spec(2, "b"))
+    sched.schedule()  # both admitted
     sched.book.gpu_pages.update({"a": 30, "b": 12})
     # shares of 42 pages at weights 3:1 are 31.5 and 10.5: only b is above its share
     assert sched.book.over_share() == {"b"}
+
+
+def test_a_lease_caps_a_tenant_below_its_page_cap_and_no_lease_means_no_pages():
+    sched, alloc = make(64, tenants={"a": TenantConfig(page_cap=30)})
+    sched.set_page_leases({})  # cluster mode: a capped tenant without a lease gets nothing
+    sched.submit(spec(1, "a", chunks=6))  # 18 pages at full length
+    sched.submit(spec(2, "b", chunks=2))  # uncapped: leases do not touch it
+    drive(sched, alloc, 10)
+    assert sched.get(1).state == "waiting" and gpu_pages_of(sched, alloc, "a") == 0
+    assert sched.get(2).state == "finished"
+    assert sched.tenant_pages()["a"] == (0, 18, 30)  # wants its full length
+    sched.submit(spec(3, "a", chunks=2))  # 6 more: 24 do not fit a lease of 20
+    sched.set_page_leases({"a": 20})
+    started = []
+
+    def check() -> None:
+        assert gpu_pages_of(sched, alloc, "a") <= 20
+        started.extend(s for s in (1, 3) if s in sched.admitted and s not in started)
+
+    drive(sched, alloc, 60, check)
+    assert sched.get(1).state == "finished" and sched.get(3).state == "finished"
+    assert started == [1, 3]  # 3 started only once 1's pages were no longer needed
+    assert [t.event for t in sched.get(1).history if t.event in ("drop", "preempt")] == []
+    sched.set_page_leases(None)  # back to the configured cap alone
+    assert sched.book.cap("a") == 30
+
+
+def test_tenant_pages_reports_held_and_the_full_pages_of_its_streams():
+    sched, alloc = make(64, tenants={"a": TenantConfig(page_cap=20)})
+    idle(sched, alloc, 1, "a", chunks=2)  # 6 pages held; unbounded: reserves 9
+    sched.submit(spec(2, "a", chunks=3))  # 9 more when it starts
+    sched.submit(spec(3, "b", chunks=4))
+    got = sched.tenant_pages()
+    assert set(got) == {"a"}  # only capped tenants
+    assert got["a"] == (6, 18, 20)
