@@ -31,7 +31,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--frames", type=int, default=None, help="frames per stream (24; scenarios: "
                    "viewers 960, disconnect 480, placement 480, rss 48)")  # fmt: skip
     p.add_argument("--scenario", choices=["levels", *SCENARIOS], default="levels")
-    p.add_argument("--model", default=None, help="tiny (default)")
+    p.add_argument(
+        "--model",
+        default=None,
+        help="tiny (default); tiny-ops: one narrow random layer, for the rss scenario",
+    )
     p.add_argument(
         "--replica-cpus",
         type=float,
