@@ -65,14 +65,29 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-steps", type=int, default=200_000)
     p.add_argument("--json", action="store_true")
     p.add_argument("--simulate", action="store_true", help="scheduler/sim.py, no tensors")
-    p.add_argument("--no-warmup", action="store_true",
-                   help="skip the untimed warm-up run (kernel compilation) before the modes")
-    p.add_argument("--ample-factor", type=float, default=1.25,
-                   help="bf16-ample mode: arena = this x the streams' BF16 history")
-    p.add_argument("--encode-batch-bytes", type=int, default=None,
-                   help="KVPool.encode_batch_bytes (1 = one codec call per layer)")
-    p.add_argument("--warm-iters", type=int, default=None,
-                   help="k-means iterations of warm-started spans (default: the spec's, 1)")
+    p.add_argument(
+        "--no-warmup",
+        action="store_true",
+        help="skip the untimed warm-up run (kernel compilation) before the modes",
+    )
+    p.add_argument(
+        "--ample-factor",
+        type=float,
+        default=1.25,
+        help="bf16-ample mode: arena = this x the streams' BF16 history",
+    )
+    p.add_argument(
+        "--encode-batch-bytes",
+        type=int,
+        default=None,
+        help="KVPool.encode_batch_bytes (1 = one codec call per layer)",
+    )
+    p.add_argument(
+        "--warm-iters",
+        type=int,
+        default=None,
+        help="k-means iterations of warm-started spans (default: the spec's, 1)",
+    )
 
 
 def bf16_need(mc, chunks: int, streams: int) -> int:
@@ -242,9 +257,7 @@ def run(args: argparse.Namespace) -> int:
         need = bf16_need(mc, args.chunks, args.streams)
         at = int(args.ample_factor * need) if mode == "bf16-ample" else arena
         row = (
-            sweep(rt, args, mode, at)
-            if args.sweep
-            else run_mode(rt, args, mode, args.streams, at)
+            sweep(rt, args, mode, at) if args.sweep else run_mode(rt, args, mode, args.streams, at)
         )
         out.append(row)
         if not args.json:

@@ -98,28 +98,6 @@ def split_slices(rows: torch.Tensor, fields: Sequence[TensorField]) -> dict[str,
     return out
 
 
-def _split(
-    item: torch.Tensor, fields: Sequence[TensorField], kv: KVShape
-) -> list[list[dict[str, torch.Tensor]]]:
-    """Views [layer][kv] -> {name: tensor} into the uint8 bytes `item` (no copy)."""
-    if item.dtype != torch.uint8 or item.dim() != 1:
-        raise ValueError("pool items are flat uint8 byte views")
-    step = slice_bytes(fields)
-    if item.numel() != 2 * kv.layers * step:
-        raise ValueError(f"item holds {item.numel()} bytes, its layout {2 * kv.layers * step}")
-    out = []
-    for layer in range(kv.layers):
-        pair = []
-        for half in range(2):
-            start, views = (2 * layer + half) * step, {}
-            for f in fields:
-                views[f.name] = item[start : start + f.nbytes].view(f.dtype).view(f.shape)
-                start += f.nbytes
-            pair.append(views)
-        out.append(pair)
-    return out
-
-
 def stacked(item: torch.Tensor, fields: Sequence[TensorField], kv: KVShape) -> dict:
     """{name: view [2 * layers, *shape]} into the uint8 bytes `item` (no copy): row 2l + h is
     layer l's K (h = 0) or V (h = 1) slice, so one copy fills a field for every layer."""
@@ -133,6 +111,17 @@ def stacked(item: torch.Tensor, fields: Sequence[TensorField], kv: KVShape) -> d
         out[f.name] = rows[:, pos : pos + f.nbytes].view(f.dtype).view(rows.shape[0], *f.shape)
         pos += f.nbytes
     return out
+
+
+def _split(
+    item: torch.Tensor, fields: Sequence[TensorField], kv: KVShape
+) -> list[list[dict[str, torch.Tensor]]]:
+    """Views [layer][kv] -> {name: tensor} into the uint8 bytes `item` (no copy)."""
+    rows = stacked(item, fields, kv)
+    return [
+        [{name: v[2 * layer + half] for name, v in rows.items()} for half in range(2)]
+        for layer in range(kv.layers)
+    ]
 
 
 def split_page(item: torch.Tensor, spec: CodecSpec | str, kv: KVShape):

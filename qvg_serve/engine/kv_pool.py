@@ -185,8 +185,15 @@ class KVPool:
         step = max(1, min(kv.layers, self.encode_batch_bytes // per_layer))
         for lo in range(0, kv.layers, step):
             hi = min(kv.layers, lo + step)
-            x = torch.empty(hi - lo, 2, kv.heads, src.tokens, kv.head_dim, dtype=torch.bfloat16,
-                            device=self.device)
+            x = torch.empty(
+                hi - lo,
+                2,
+                kv.heads,
+                src.tokens,
+                kv.head_dim,
+                dtype=torch.bfloat16,
+                device=self.device,
+            )
             for layer in range(lo, hi):
                 self.read_layer(src, layer, out=x[layer - lo])
             rows = slice(2 * lo, 2 * hi)  # row 2l + h: layer l, K (h = 0) / V (h = 1)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from qvg_serve.models.base import ModelConfig
 
 SELF_FORCING_1_3B = ModelConfig(
@@ -66,23 +68,7 @@ frames, pixel-unshuffle by 4 -> 48 x 16 x 24 latents, one latent frame per video
 every QVG group size (16..64) divides it. Text: `HashedWordEncoder(16, 64)`."""
 
 
-TINY_OPS = ModelConfig(
-    name="tiny-ops",
-    layers=1,
-    dim=64,
-    heads=1,
-    ffn_dim=128,
-    in_channels=48,
-    patch=(1, 2, 2),
-    latent_height=16,
-    latent_width=24,
-    frames_per_chunk=3,
-    text_dim=64,
-    text_len=16,
-    freq_dim=32,
-    timesteps=(1000.0, 750.0, 500.0, 250.0),
-    frames_per_latent=1,
-)
+TINY_OPS = replace(TINY, name="tiny-ops", layers=1, dim=64, heads=1, ffn_dim=128, freq_dim=32)
 """Operations benchmarks only (random weights, nothing to see in its frames): the tiny
 model's token layout and chunking with one narrow layer, so a CPU serves streams ~20x faster
 and `bench serve --scenario rss` can finish a thousand of them; head_dim 64, so every pool
