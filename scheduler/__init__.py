@@ -10,6 +10,7 @@ QVG_SERVE_PACKAGE = "scheduler"
 # vocabularies (scheduler.vocab).
 from .config import Priority, SchedulerConfig, TenantConfig  # noqa: E402
 from .core import Scheduler  # noqa: E402
+from .lifecycle import IntakeView, admission  # noqa: E402
 from .output import (  # noqa: E402
     Admission,
     BatchItem,
@@ -38,6 +39,8 @@ from .vocab import (  # noqa: E402
 
 __all__ = [
     "QVG_SERVE_PACKAGE",
+    "IntakeView",
+    "admission",
     "RUNGS",
     "TIERS",
     "Action",

@@ -16,7 +16,7 @@ from .config import SchedulerConfig
 from .headroom import Headroom
 from .ladder import LOSSLESS, LOSSY, Ladder
 from .layout import OutOfPages
-from .lifecycle import Lifecycle
+from .lifecycle import IntakeView, Lifecycle
 from .output import Admission, BatchItem, Effects, EndedStream, SchedulerOutput, StepResult
 from .pages import PageAllocator
 from .rungs import PoolOps
@@ -74,10 +74,18 @@ class Scheduler:
 
     # -- client actions (the lifecycle makes the transitions, at the last step) ----------------
 
-    def submit(self, spec: StreamSpec, resume_chunks: int = 0) -> Admission:
+    def submit(self, spec: StreamSpec, resume_chunks: int = 0, reserved: bool = False) -> Admission:
         """Queue a new stream, or reject it with a reason (the API's 429 + Retry-After).
-        `resume_chunks` > 0: it committed that many chunks elsewhere (see Lifecycle.submit)."""
-        return self.lifecycle.submit(spec, self.step, self.refusing, resume_chunks)
+        `resume_chunks` > 0: it committed that many chunks elsewhere; `reserved`: an intake
+        already admitted it on a published view (see Lifecycle.submit)."""
+        return self.lifecycle.submit(spec, self.step, self.refusing, resume_chunks, reserved)
+
+    def intake_view(self) -> IntakeView:
+        """What `admission` of a new stream depends on now (for a server's intake)."""
+        return self.lifecycle.intake_view(self.refusing)
+
+    def count_rejection(self, reason: str) -> None:
+        self.lifecycle.count_rejection(reason)
 
     def cancel(self, stream_id: int, reason: str = EndReason.CANCELLED) -> bool:
         """End a stream now and free its pages; False if it is unknown or already ended."""

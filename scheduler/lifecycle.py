@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import heapq
 from collections import OrderedDict
+from dataclasses import dataclass, replace
 
 from .admission import Footprints
 from .config import SchedulerConfig
@@ -34,6 +35,35 @@ KEEP_ENDED = 4096
 
 ADMIT_PER_STEP = 16
 """Waiting streams admitted per step at most: bounds a step's cost under a burst."""
+
+
+@dataclass(frozen=True, slots=True)
+class IntakeView:
+    """What the answer to a new stream's submit depends on, at one moment. A server's engine
+    thread publishes it after every step, so creates are answered without waiting for the
+    step in progress (qvg_serve/serve/intake.py). `waiting`: streams queued then."""
+
+    config: SchedulerConfig
+    bf16_capacity: int
+    refusing: bool
+    waiting: int
+
+
+def admission(spec: StreamSpec, view: IntakeView) -> Admission:
+    """The one rule for a new stream: too large for this pool, refused under KV pressure,
+    the queue full, or queued. `Lifecycle.submit` and a server's intake both apply it."""
+    cfg = view.config
+    least = cfg.sink_pages + cfg.window_pages + spec.pages_per_chunk
+    cap = cfg.tenant(spec.tenant).page_cap
+    if spec.chunk_tokens > cfg.max_batch_tokens or least > min(
+        view.bf16_capacity, cap if cap is not None else least
+    ):
+        return Admission(False, RejectReason.TOO_LARGE)
+    if view.refusing:
+        return Admission(False, RejectReason.KV_PRESSURE, cfg.retry_after_s)
+    if view.waiting >= cfg.max_waiting:
+        return Admission(False, RejectReason.QUEUE_FULL, cfg.retry_after_s)
+    return Admission(True)
 
 
 class Lifecycle:
@@ -71,14 +101,21 @@ class Lifecycle:
     # -- client actions ------------------------------------------------------------------------
 
     def submit(
-        self, spec: StreamSpec, step: int, refusing: bool, resume_chunks: int = 0
+        self,
+        spec: StreamSpec,
+        step: int,
+        refusing: bool,
+        resume_chunks: int = 0,
+        reserved: bool = False,
     ) -> Admission:
         """Queue a new stream, or reject it with a reason (the API's 429 + Retry-After).
 
         `resume_chunks` > 0: the stream already committed that many chunks elsewhere (another
         engine, before a failure or a drain); it starts at that chunk after rebuilding its
-        cache from their latents, like a stream preempted by dropping (sink + window pages)."""
-        cfg = self.config
+        cache from their latents, like a stream preempted by dropping (sink + window pages).
+        `reserved`: a server's intake already gave it a place by `admission` on a published
+        view (qvg_serve/serve/intake.py), so neither KV pressure nor a full queue rejects it
+        now (the queue may then hold a few more than `max_waiting`: streams preempted since)."""
         if not 0 <= resume_chunks < (spec.target_chunks or resume_chunks + 1):
             raise ValueError(
                 f"resume_chunks = {resume_chunks}; use 0 <= resume_chunks < target_chunks "
@@ -86,18 +123,11 @@ class Lifecycle:
             )
         if spec.stream_id in self.streams or spec.stream_id in self.ended:
             return Admission(False, RejectReason.DUPLICATE)
-        least = cfg.sink_pages + cfg.window_pages + spec.pages_per_chunk
-        cap = cfg.tenant(spec.tenant).page_cap
-        if spec.chunk_tokens > cfg.max_batch_tokens or least > min(
-            self.bf16_capacity, cap if cap is not None else least
-        ):
-            return Admission(False, RejectReason.TOO_LARGE)
-        if refusing:
-            self.ops.counters[Rung.REFUSE] += 1
-            return Admission(False, RejectReason.KV_PRESSURE, cfg.retry_after_s)
-        if self.n_waiting >= cfg.max_waiting:
-            self.ops.counters[RejectReason.QUEUE_FULL] += 1
-            return Admission(False, RejectReason.QUEUE_FULL, cfg.retry_after_s)
+        view = self.intake_view(refusing and not reserved)
+        adm = admission(spec, view if not reserved else replace(view, waiting=0))
+        if not adm.accepted:
+            self.count_rejection(adm.reason)
+            return adm
         self._seq += 1
         s = Stream(spec, self._seq)
         s.record(step, Event.SUBMITTED)
@@ -107,6 +137,16 @@ class Lifecycle:
         heapq.heappush(self._waiting, (-spec.priority, s.seq, s))
         self.n_waiting += 1
         return Admission(True)
+
+    def intake_view(self, refusing: bool) -> IntakeView:
+        return IntakeView(self.config, self.bf16_capacity, refusing, self.n_waiting)
+
+    def count_rejection(self, reason: str) -> None:
+        """Count a rejected submit (also one a server's intake answered without a step)."""
+        if reason == RejectReason.KV_PRESSURE:
+            self.ops.counters[Rung.REFUSE] += 1
+        elif reason == RejectReason.QUEUE_FULL:
+            self.ops.counters[RejectReason.QUEUE_FULL] += 1
 
     def _resume_from(self, s: Stream, chunks: int, step: int) -> None:
         """The whole history is rebuilt when one recompute pass can hold it (max_batch_tokens)

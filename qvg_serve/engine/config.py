@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from kernels.spec import CodecSpec, get_spec
+
 FORMATS = ("bf16", "qvg-int4", "qvg-int2")
 
 
@@ -56,3 +58,18 @@ class EngineConfig:
             raise ValueError(f"centroids = {self.centroids}; use 1..256 (one-byte cluster ids)")
         if self.dtype not in ("auto", "bfloat16", "float32"):
             raise ValueError(f"dtype = {self.dtype!r}; use 'auto', 'bfloat16' or 'float32'")
+
+
+def codec_specs(config: EngineConfig, tokens_per_frame: int) -> dict[str, CodecSpec]:
+    """Codec spec per pool format: the presets, with `config.centroids`, or by default a
+    power of two near a quarter of a page's tokens, within 8..256 (256 at Self-Forcing's
+    1,560 tokens per frame; 16 for the tiny model's 96), so small models' codebooks stay
+    smaller than the pages they serve."""
+    c = config.centroids
+    if c is None:
+        c = max(8, min(256, 1 << max(0, (tokens_per_frame // 4).bit_length() - 1)))
+    specs = {}
+    for fmt in config.formats:
+        spec = get_spec(fmt)
+        specs[fmt] = spec.with_kmeans(centroids=c) if spec.kmeans is not None else spec
+    return specs

@@ -11,22 +11,23 @@ One `step()`:
     out.ended -> release those streams' tensor state; out.freed -> forget those pages
 
 The engine room's door (`submit`, `cancel`, `set_text`, `set_page_leases`, `step()` ->
-`StepReport`, `snapshot`, `capacity`, `kv_stats`, `facts`, `busy`; plain values, `report.py`).
-Tensor-side per-stream state lives here (noise, latents, the small committed latents a
-preempted stream rebuilds its cache from); pages and policy live in the scheduler.
+`StepReport`, `snapshot`, `capacity`, `kv_stats`, `facts`, `busy`; plain values, `report.py`),
+used from one thread; `new_stream_id`, `stream_spec` and `check_text` from any. Tensor-side
+per-stream state lives here (noise, latents, the small committed latents a preempted stream
+rebuilds its cache from); pages and policy live in the scheduler.
 """
 
 from __future__ import annotations
 
 import itertools
 import logging
+import threading
 from dataclasses import dataclass, field
 
 import torch
 
-from kernels.spec import CodecSpec, get_spec
 from qvg_serve.engine import sampler, views
-from qvg_serve.engine.config import EngineConfig
+from qvg_serve.engine.config import EngineConfig, codec_specs
 from qvg_serve.engine.kv_pool import KVPool, kv_budget_bytes, pool_layout
 from qvg_serve.engine.paged_attention import Workspace
 from qvg_serve.engine.paged_context import Entry, PagedContext
@@ -52,21 +53,6 @@ log = logging.getLogger(__name__)
 
 SHIFT = 5.0
 """Flow-matching timestep shift (Wan2.1 / Self-Forcing use 5 at 480p)."""
-
-
-def codec_specs(config: EngineConfig, tokens_per_frame: int) -> dict[str, CodecSpec]:
-    """Codec spec per pool format: the presets, with `config.centroids`, or by default a
-    power of two near a quarter of a page's tokens, within 8..256 (256 at Self-Forcing's
-    1,560 tokens per frame; 16 for the tiny model's 96), so small models' codebooks stay
-    smaller than the pages they serve."""
-    c = config.centroids
-    if c is None:
-        c = max(8, min(256, 1 << max(0, (tokens_per_frame // 4).bit_length() - 1)))
-    specs = {}
-    for fmt in config.formats:
-        spec = get_spec(fmt)
-        specs[fmt] = spec.with_kmeans(centroids=c) if spec.kmeans is not None else spec
-    return specs
 
 
 @dataclass
@@ -109,6 +95,7 @@ class Engine:
         self.streams: dict[int, StreamTensors] = {}
         self._page_frame: dict[int, int] = {}  # page id -> latent frame it holds (RoPE position)
         self._ids = itertools.count(1)
+        self._ids_lock = threading.Lock()
 
     def _dtype(self) -> torch.dtype:
         return next(iter(self.model.parameters())).dtype  # type: ignore[attr-defined]
@@ -135,16 +122,18 @@ class Engine:
         target_fps: float | None = None,
         stream_id: int | None = None,
         resume: ResumeState | None = None,
+        reserved: bool = False,
     ) -> tuple[int, Admission]:
         """Queue a stream conditioned on text embeddings [text_len, text_dim]; with `resume`,
         continue one that committed `resume.chunks_done` chunks elsewhere (its cache is
-        rebuilt from their latents before its next chunk)."""
+        rebuilt from their latents before its next chunk). `reserved`: a server's intake
+        admitted it already (`stream_id` from `new_stream_id`; Lifecycle.submit)."""
         mc = self.mc
-        self._check_text(text)
-        done = 0 if resume is None else self._check_resume(resume)
-        sid = next(self._ids) if stream_id is None else stream_id
-        spec = self._spec(sid, chunks, tenant, priority, target_fps)
-        adm = self.scheduler.submit(spec, resume_chunks=done)
+        self.check_text(text)
+        done = 0 if resume is None else resume.checked(mc)
+        sid = self.new_stream_id() if stream_id is None else stream_id
+        spec = self.stream_spec(sid, chunks, tenant, priority, target_fps)
+        adm = self.scheduler.submit(spec, resume_chunks=done, reserved=reserved)
         if adm.accepted:
             shape = (mc.in_channels, mc.frames_per_chunk, mc.latent_height, mc.latent_width)
             st = StreamTensors(
@@ -155,7 +144,19 @@ class Engine:
             self.streams[sid] = st
         return sid, adm
 
-    def _spec(
+    def new_stream_id(self) -> int:
+        """A stream id never used here (any thread)."""
+        with self._ids_lock:
+            return next(self._ids)
+
+    def intake_view(self):  # what admission of a new stream depends on now (IntakeView)
+        return self.scheduler.intake_view()
+
+    def count_rejection(self, reason: str) -> None:
+        """Count a submit an intake rejected on a published view, as `submit` would."""
+        self.scheduler.count_rejection(reason)
+
+    def stream_spec(
         self,
         sid: int,
         chunks: int | None,
@@ -169,17 +170,6 @@ class Engine:
             len(mc.timesteps), target_fps, mc.frames_per_latent,
         )  # fmt: skip
 
-    def _check_resume(self, resume: ResumeState) -> int:
-        mc = self.mc
-        frames = resume.chunks_done * mc.frames_per_chunk
-        want = (mc.in_channels, frames, mc.latent_height, mc.latent_width)
-        if resume.chunks_done < 1 or tuple(resume.latents.shape) != want:
-            raise ValueError(
-                f"resume.latents must be {want} for resume.chunks_done = {resume.chunks_done} "
-                f"(>= 1), got {tuple(resume.latents.shape)}"
-            )
-        return resume.chunks_done
-
     def cancel(self, stream_id: int, reason: str = "cancelled") -> CancelResult:
         """End a stream now: its pages are freed at once, chunks not yet stepped are never made.
         Its end (with `reason`) is reported by the next `step()`'s `ended`, like any end."""
@@ -189,7 +179,7 @@ class Engine:
     def set_text(self, stream_id: int, text: torch.Tensor) -> bool:
         """New conditioning from the next denoising pass on (prompt switch / action); False if
         the stream is not live (unknown, or ended)."""
-        self._check_text(text)
+        self.check_text(text)
         st = self.streams.get(stream_id)
         if st is None or stream_id not in self.scheduler.streams:
             return False
@@ -212,7 +202,7 @@ class Engine:
     def set_page_leases(self, leases: dict[str, int] | None) -> None:
         self.scheduler.set_page_leases(leases)  # tenants' shares of cluster-wide caps
 
-    def _check_text(self, text: torch.Tensor) -> None:
+    def check_text(self, text: torch.Tensor) -> None:
         want = (self.mc.text_len, self.mc.text_dim)
         if tuple(text.shape) != want:
             raise ValueError(f"text embeddings must be {want}, got {tuple(text.shape)}")
@@ -343,6 +333,14 @@ class Engine:
         """Streams waiting, running or preempted."""
         return tuple(self.scheduler.streams)
 
+    def may_finish_next(self) -> frozenset[int]:
+        """Live streams whose next pass may be their last (the commit of their last chunk)."""
+        return frozenset(
+            sid for sid, s in self.scheduler.streams.items()
+            if s.spec.target_chunks is not None and s.spec.target_chunks - s.chunk <= 1
+            and s.step >= s.spec.denoise_steps
+        )  # fmt: skip
+
     def drop_all(self) -> tuple[int, ...]:
         """Last resort after a failing step: cancel every stream and release its tensor state
         without a step; returns the streams dropped (the caller reports their ends)."""
@@ -360,7 +358,7 @@ class Engine:
     def capacity(self, chunks: int | None = 7) -> dict:
         """Free KV, and how many more streams of `chunks` chunks admission would take now
         (the same projection admission uses; views.py)."""
-        spec = self._spec(0, chunks)
+        spec = self.stream_spec(0, chunks)
         return views.capacity(self.alloc, self.scheduler, self.scheduler.streams_that_fit(spec))
 
     def kv_stats(self) -> KVStats:

@@ -100,3 +100,14 @@ class ResumeState(NamedTuple):
     """Clean committed latents [C, chunks_done * latent frames per chunk, h, w] (any device)."""
     chunks_done: int
     """Chunks already committed (and delivered); the stream's next chunk has this index."""
+
+    def checked(self, mc) -> int:
+        """`chunks_done`, after checking the latents' shape against model config `mc`."""
+        want = (mc.in_channels, self.chunks_done * mc.frames_per_chunk, mc.latent_height,
+                mc.latent_width)  # fmt: skip
+        if self.chunks_done < 1 or tuple(self.latents.shape) != want:
+            raise ValueError(
+                f"resume.latents must be {want} for resume.chunks_done = {self.chunks_done} "
+                f"(>= 1), got {tuple(self.latents.shape)}"
+            )
+        return self.chunks_done

@@ -50,6 +50,7 @@ class Local:
     frames: int
     sent: int = 0
     moved: bool = False
+    known: bool = True  # the store has its record (a new one: once its register landed)
 
 
 class Homing:
@@ -94,7 +95,8 @@ class Homing:
         return loc if loc is not None and loc.tenant == tenant and not loc.moved else None
 
     def register(self, loc: Local, meta: dict) -> ray.ObjectRef:
-        """A new stream (engine thread, before any step can commit a chunk of it)."""
+        """A new stream (before the engine's submit of it is queued: a chunk of it always
+        finds it tracked)."""
         self.track(loc)
         meta = {**meta, "fpc": self.video_fpc}
         return self.store.register.remote(loc.pid, meta, self.replica, loc.sid)
@@ -120,8 +122,10 @@ class Homing:
                 del self.by_pid[loc.pid]
         if loc is None or loc.moved or reason == MOVED:
             return
+        snap = self.loop.intake.snapshot(sid)  # published with the end, most often
         try:
-            snap = self.loop.call(self.engine.snapshot, sid).result(timeout=5)
+            if snap is None:
+                snap = self.loop.call(self.engine.snapshot, sid).result(timeout=5)
         except Exception:  # stopping: the store keeps what it has
             snap = None
         self.store.end.remote(loc.pid, self.replica, reason, loc.sent, snap)
@@ -131,23 +135,29 @@ class Homing:
     def _beat(self) -> None:
         while not self._stop.wait(self.heartbeat_s):
             try:
-                seq, leases = self.loop.leases
-                quota = {"seq": seq, "leases": leases, "tenants": self.loop.tenants}
-                reply = ray.get(
-                    self.store.heartbeat.remote(self.replica, list(self.by_pid), quota),
-                    timeout=CALL_TIMEOUT_S,
-                )
-                self.loop.offer_leases(reply["leases"]["seq"], reply["leases"]["leases"])
-                if self.on_frames is not None:
-                    self.on_frames(reply["frames"])
-                for pid in reply["revoke"]:
-                    self._drop(pid)
-                for pid in reply["adopt"]:
-                    if pid not in self.by_pid and pid not in self._queued:
-                        self._queued.add(pid)
-                        self._to_adopt.put(pid)
+                self.beat_once()
             except Exception:  # the store restarting, a slow call: beat again
                 log.warning("heartbeat to the stream store failed", exc_info=True)
+
+    def beat_once(self) -> None:
+        """One beat: what this replica holds out, leases, revokes and adoptions in."""
+        seq, leases = self.loop.leases
+        quota = {"seq": seq, "leases": leases, "tenants": self.loop.tenants}
+        # a stream whose register may not have landed yet is left out: the store would take
+        # it for one it does not know and revoke it (the client holds its id: it must run)
+        held = [pid for pid, loc in list(self.by_pid.items()) if loc.known]
+        reply = ray.get(
+            self.store.heartbeat.remote(self.replica, held, quota), timeout=CALL_TIMEOUT_S
+        )
+        self.loop.offer_leases(reply["leases"]["seq"], reply["leases"]["leases"])
+        if self.on_frames is not None:
+            self.on_frames(reply["frames"])
+        for pid in reply["revoke"]:
+            self._drop(pid)
+        for pid in reply["adopt"]:
+            if pid not in self.by_pid and pid not in self._queued:
+                self._queued.add(pid)
+                self._to_adopt.put(pid)
 
     def _adopt_loop(self) -> None:
         while not self._stop.is_set():

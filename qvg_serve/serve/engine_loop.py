@@ -10,6 +10,8 @@
 `Engine.step` is synchronous and compute-heavy, and the Engine is not thread-safe: every read
 or write of it (submit, cancel, set_text, snapshot) runs on the engine thread as a command,
 between two steps, so handlers see consistent snapshots and never block the event loop.
+Creates, DELETEs and status do not wait for the step in progress: the intake (intake.py)
+answers them from what this thread publishes after every step and every drain of commands.
 Chunks go to a one-thread encoder pool (JPEG encoding off the step path, in submission order,
 so a stream's chunks and its end arrive in order).
 """
@@ -26,6 +28,7 @@ from typing import Any
 
 from qvg_serve.engine.engine import Engine
 from qvg_serve.engine.report import Chunk, StepReport
+from qvg_serve.serve.intake import Intake
 from qvg_serve.serve.metrics import Metrics
 from scheduler.config import RUNGS
 
@@ -58,6 +61,8 @@ class EngineLoop:
         self.leases: tuple[int, dict[str, int]] = (0, {})  # applied: (seq, tenant -> pages)
         self._offered: tuple[int, dict[str, int]] | None = None
         self.encoder = ThreadPoolExecutor(1, thread_name_prefix="qvg-encode")
+        self.intake = Intake(engine, self.call)
+        self.intake.publish()  # before the thread starts: the engine is not shared yet
         self._thread = threading.Thread(target=self._run, name="qvg-engine", daemon=True)
         self._thread.start()
 
@@ -94,7 +99,8 @@ class EngineLoop:
         self.update_gauges()
         while not self._stopping.is_set():
             self._apply_leases()
-            self._drain()
+            if self._drain():
+                self.intake.publish()
             if self.engine.busy():
                 self._step()
             else:
@@ -108,12 +114,15 @@ class EngineLoop:
             self.engine.set_page_leases(got[1])
             self.leases = got
 
-    def _drain(self) -> None:
+    def _drain(self) -> int:
+        """Run the queued commands; how many ran."""
+        ran = 0
         while True:
             try:
                 fn, args, fut = self._cmds.get_nowait()
             except queue.Empty:
-                return
+                return ran
+            ran += 1
             if fut.set_running_or_notify_cancel():
                 try:
                     fut.set_result(fn(*args))
@@ -129,6 +138,7 @@ class EngineLoop:
             self._fail_all()
             return
         self.metrics.observe_step(time.perf_counter() - t0, report.batch)
+        self.intake.publish(report.ended)  # before the ends go out: their reports read it
         self._deliver(report)
         self.update_gauges()
 
@@ -145,11 +155,14 @@ class EngineLoop:
         for sid in self.engine.live_streams():
             self.engine.cancel(sid, "failed: engine error")
         try:
-            self._deliver(self.engine.step())
+            report = self.engine.step()
+            self.intake.publish(report.ended)
+            self._deliver(report)
         except Exception:
             log.exception("engine step after the failure failed too")
             for sid in self.engine.drop_all():
                 self._ended(sid, "failed: engine error")
+            self.intake.publish()
 
     def _chunk_out(self, sid: int, chunk: Chunk, now: float) -> None:
         prev = self._last.get(sid)
@@ -163,11 +176,16 @@ class EngineLoop:
 
     # -- commands (engine thread) ---------------------------------------------------------------
 
-    def submitted(self, sid: int) -> None:
+    def submitted(self, sid: int) -> None:  # any thread: TTFF counts from here
         self._created[sid] = time.monotonic()
+
+    def refused(self, sid: int, reason: str) -> None:
+        """An admitted stream the engine refused after all (intake.py): its end, reported."""
+        self._ended(sid, reason)
 
     def _ended(self, sid: int, reason: str) -> None:
         """The engine reported `sid`'s end (it released the stream): tell the replica."""
+        self.intake.forget(sid)
         self._created.pop(sid, None)
         self._last.pop(sid, None)
         self.encoder.submit(self._on_end, sid, reason)

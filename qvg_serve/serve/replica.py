@@ -141,27 +141,26 @@ class EngineReplica:
         meta = {"tenant": tenant, "prompt": prompt, "frames": frames, "seed": seed,
                 "priority": priority, "target_fps": target_fps, "created": time.time()}  # fmt: skip
 
-        def submit():
-            sid, adm = self.engine.submit(
-                text,
-                chunks=chunks,
-                seed=seed,
-                tenant=tenant,
-                priority=priority,
-                target_fps=target_fps,
-            )
-            ref = None
-            if adm.accepted:  # registered before any step can commit a chunk of it
-                self.loop.submitted(sid)
-                pid = stream_ids.make(self.replica_id, sid)
-                ref = self.homing.register(Local(pid, sid, tenant, frames), meta)
-            else:
-                self.metrics.reject(_REJECT_METRIC.get(adm.reason, "invalid"))
-            return sid, adm, ref
-
-        sid, adm, ref = await self._run(submit)
-        if ref is not None:
-            await ref  # the store knows it before the client gets its id
+        intake = self.loop.intake  # answers now: no waiting for the step in progress
+        sid, adm = intake.admit(
+            text, chunks=chunks, tenant=tenant, priority=priority, target_fps=target_fps
+        )
+        if not adm.accepted:
+            self.metrics.reject(_REJECT_METRIC.get(adm.reason, "invalid"))
+        else:
+            self.loop.submitted(sid)
+            loc = Local(stream_ids.make(self.replica_id, sid), sid, tenant, frames, known=False)
+            ref = self.homing.register(loc, meta)  # before the engine's submit runs: a
+            intake.submit(  # chunk always finds its stream tracked
+                sid, text, self.loop.refused, chunks=chunks, seed=seed, tenant=tenant,
+                priority=priority, target_fps=target_fps,
+            )  # fmt: skip
+            try:
+                await ref  # the store knows it before the client gets its id
+            except BaseException:  # no id for the client: the stream must not run on
+                self.loop.call(self.engine.cancel, sid, "failed: stream store unreachable")
+                raise
+            loc.known = True  # from now on in this replica's heartbeats
         return {
             "id": stream_ids.make(self.replica_id, sid),
             "accepted": adm.accepted,
@@ -174,7 +173,8 @@ class EngineReplica:
         loc = self._own(stream, tenant, replica)
         if loc is None:
             return None
-        return await self._run(self.engine.snapshot, loc.sid)
+        snap = self.loop.intake.snapshot(loc.sid)  # as of the last step, if it can answer
+        return snap if snap is not None else await self._run(self.engine.snapshot, loc.sid)
 
     async def act(
         self, stream: str, *, tenant: str, replica: str, prompt: str
@@ -200,7 +200,9 @@ class EngineReplica:
         loc = self._own(stream, tenant, replica)
         if loc is None:
             return None
-        res = await self._run(self.engine.cancel, loc.sid)
+        res = self.loop.intake.cancel(loc.sid)
+        if res is None:  # only the engine thread can tell (intake.py)
+            res = await self._run(self.engine.cancel, loc.sid)
         return {"cancelled": res.live, "pages_held": res.pages_held}
 
     async def capacity(

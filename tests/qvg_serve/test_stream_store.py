@@ -156,3 +156,32 @@ def test_a_home_dying_with_a_held_end(store, clock):
     where = store.route("a-2", "acme")
     assert where["state"] == "ended" and where["end_reason"] == "cancelled", where
     assert store.resume_info("a-2", "a") is None and where["frames_done"] == FPC
+
+
+def test_a_beat_that_overtakes_a_register_does_not_revoke_the_new_stream(store, monkeypatch):
+    """A create registers its stream from the handler while the heartbeat thread beats; the
+    store may run the beat first. A stream it does not know yet is revoked (how a home learns
+    that the store forgot a stream), so the home leaves a new stream out of its beats until the
+    register landed. Before, the client got 201 and the stream was cancelled as 'moved'."""
+    from types import SimpleNamespace
+
+    from qvg_serve.serve import durable
+
+    monkeypatch.setattr(durable.ray, "get", lambda value, timeout=None: value)
+    remote = SimpleNamespace(heartbeat=SimpleNamespace(remote=store.heartbeat))
+    loop = SimpleNamespace(leases=(0, {}), tenants={}, offer_leases=lambda *a: None,
+                           calls=[], call=lambda *a: loop.calls.append(a))  # fmt: skip
+    engine = SimpleNamespace(facts=SimpleNamespace(frames_per_chunk=FPC), cancel="cancel")
+    homing = durable.Homing("a", remote, engine, loop, lambda p: None, 0.2)
+    new = durable.Local("a-2", 2, "acme", FRAMES, known=False)
+    homing.track(new)  # registered, the store has not run the register yet
+    homing.track(durable.Local(PID, 1, "acme", FRAMES))
+    homing.beat_once()
+    assert not new.moved and loop.calls == []  # not revoked, not cancelled
+    store.register("a-2", dict(META), "a", 2)
+    new.known = True
+    homing.beat_once()
+    assert not new.moved and loop.calls == []
+    homing.track(durable.Local("a-3", 3, "acme", FRAMES))  # known, but the store has no record
+    homing.beat_once()
+    assert loop.calls == [("cancel", 3, durable.MOVED)]  # a forgotten stream is still revoked
