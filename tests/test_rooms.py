@@ -19,7 +19,7 @@ PKG = ROOT / "qvg_serve"
 
 ENGINE_INSIDES = {
     "scheduler", "alloc", "pool", "streams", "decoder", "mc", "model", "ws", "cfg",
-    "_page_frame", "_forward", "_prepare",
+    "_page_frame", "_launch", "_finish", "_prepare", "orders",
 }  # fmt: skip
 """Attributes of an Engine that only the engine room may touch."""
 

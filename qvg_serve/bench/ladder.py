@@ -8,6 +8,8 @@ the same arena, same process, same streams:
 
     bf16        rungs offload/drop/preempt/refuse only, encode_policy "pressure": BF16-only paging
     qvg         every rung, encode_policy "eager" (the default policy)
+    qvg-serial  qvg with span encodes after the forward on its stream (overlap_encodes off;
+                the same as qvg without CUDA)
     bf16-ample  bf16's rungs in an arena that holds every stream's whole BF16 history plus
                 slack (--ample-factor x the BF16 need): the no-pressure throughput baseline
 
@@ -34,7 +36,7 @@ import time
 import torch
 
 from qvg_serve.engine import Engine, EngineConfig, load_runtime
-from qvg_serve.engine.engine import codec_specs
+from qvg_serve.engine.config import codec_specs
 from qvg_serve.engine.kv_pool import pool_layout
 from qvg_serve.models.presets import get_preset
 from scheduler.config import SchedulerConfig
@@ -45,6 +47,7 @@ from scheduler.vocab import RUNGS, EncodePolicy, Rung, StreamState
 MODES = {
     "bf16": dict(rungs=frozenset(RUNGS) - {Rung.ENCODE, Rung.REENCODE}, policy="pressure"),
     "qvg": dict(rungs=frozenset(RUNGS), policy="eager"),
+    "qvg-serial": dict(rungs=frozenset(RUNGS), policy="eager", overlap=False),
     "bf16-ample": dict(rungs=frozenset(RUNGS) - {Rung.ENCODE, Rung.REENCODE}, policy="pressure"),
 }
 
@@ -106,7 +109,7 @@ def scheduler_config(mc, args, mode: str, streams: int) -> SchedulerConfig:
         max_waiting=max(64, streams),
         sink_pages=min(3, mc.frames_per_chunk),
         window_pages=mc.frames_per_chunk,
-        **({"eager_span_pages": args.eager_span} if args.eager_span and mode == "qvg" else {}),
+        **({"eager_span_pages": args.eager_span} if args.eager_span and "qvg" in mode else {}),
     )
 
 
@@ -147,7 +150,8 @@ def run_mode(rt, args, mode: str, streams: int, arena: int) -> dict:
         return simulate_mode(rt, args, mode, streams, arena)
     mc = rt.model.config
     sc = scheduler_config(mc, args, mode, streams)
-    cfg = EngineConfig(model=mc.name, kv_cache_memory_bytes=arena, device=str(rt.device))
+    cfg = EngineConfig(model=mc.name, kv_cache_memory_bytes=arena, device=str(rt.device),
+                       overlap_encodes=MODES[mode].get("overlap", True))  # fmt: skip
     eng = Engine(rt.model, cfg, sc, decoder=rt.decoder, device=rt.device)
     if args.encode_batch_bytes is not None:
         eng.pool.encode_batch_bytes = args.encode_batch_bytes

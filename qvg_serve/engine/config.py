@@ -42,6 +42,9 @@ class EngineConfig:
     max history (derived from the arena size)."""
     seed: int = 0
     """Seed of random weights (benchmarks) and the default stream seed base."""
+    overlap_encodes: bool = True
+    """Run a step's span encodes on a side CUDA stream beside the forward (no effect on CPU);
+    off: after it, on the compute stream. The bytes written are the same."""
 
     def __post_init__(self) -> None:
         if self.kv_cache_memory_bytes is not None and self.kv_cache_memory_bytes <= 0:

@@ -2,8 +2,9 @@
 
 One `step()`:
     out = scheduler.schedule()                 batch, encode/move plans, freed pages
-    execute out.orders on the pool             (plans committed by the scheduler in update())
-    one model forward for the whole batch      per-sample timesteps: streams at different
+    execute out.orders on the pool             (plans committed by the scheduler in update());
+    one model forward for the whole batch      encodes beside the forward (orders.py); per-
+                                               sample timesteps: streams at different
                                                denoising steps, commits and recomputes share it
     denoise items: sampler step                commit items: write the chunk's K/V into its
                                                new bf16 pages, decode frames, emit them
@@ -29,6 +30,7 @@ import torch
 from qvg_serve.engine import sampler, views
 from qvg_serve.engine.config import EngineConfig, codec_specs
 from qvg_serve.engine.kv_pool import KVPool, kv_budget_bytes, pool_layout
+from qvg_serve.engine.orders import Orders
 from qvg_serve.engine.paged_attention import Workspace
 from qvg_serve.engine.paged_context import Entry, PagedContext
 from qvg_serve.engine.report import (
@@ -89,6 +91,7 @@ class Engine:
         layout = pool_layout(kv, config.formats, budget, config.cpu_offload_bytes, specs)
         self.alloc = PageAllocator(layout, debug=False)
         self.pool = KVPool(kv, self.alloc, self.device, specs)
+        self.orders = Orders(self.pool, self.device, config.overlap_encodes)
         self.scheduler = Scheduler(scheduler_config, self.alloc)
         ws_tokens = config.max_batch_kv_tokens or self._default_workspace(scheduler_config)
         self.ws = Workspace(ws_tokens, mc.heads, mc.head_dim, self.device, self._dtype())
@@ -212,11 +215,18 @@ class Engine:
     def step(self) -> StepReport:
         """One scheduler decision, its plans, one forward pass, the scheduler's update."""
         out = self.scheduler.schedule()
-        done, failed = self._execute_orders(out.orders)
+        moves, encodes = self.orders.split(out.orders)
+        done, failed = self.orders.run(moves)  # the batch may read what a reload brings
         advanced: list[int] = []
         chunks: list[tuple[int, Chunk]] = []
         if out.batch:
-            advanced, chunks = self._forward(out.batch)
+            self.orders.mark()
+            ctx, flows = self._launch(out.batch)
+            d, f = self.orders.run(encodes, beside=True)  # overlaps the forward (orders.py)
+            advanced, chunks = self._finish(out.batch, ctx, flows)
+        else:
+            d, f = self.orders.run(encodes)
+        done, failed = tuple(done + d), tuple(failed + f)
         self.scheduler.update(StepResult(out.step, tuple(advanced), (), done, failed))
         ended = self._forget(out)
         stats = StepStats(
@@ -236,19 +246,7 @@ class Engine:
             self.pool.forget_stream(sid)
         return ended
 
-    def _execute_orders(self, orders) -> tuple[tuple[int, ...], tuple[int, ...]]:
-        done, failed = [], []
-        for order in orders:
-            try:
-                self.pool.execute(order.plan)
-                done.append(order.plan.id)
-            except torch.OutOfMemoryError:  # a codec temp did not fit now: retry later
-                log.warning("plan %d (%s): device OOM, retried", order.plan.id, order.action)
-                failed.append(order.plan.id)
-            # anything else would fail again every step (a silent stall): it propagates
-        return tuple(done), tuple(failed)
-
-    def _forward(self, batch: tuple[BatchItem, ...]) -> tuple[list[int], list[tuple[int, Chunk]]]:
+    def _launch(self, batch: tuple[BatchItem, ...]) -> tuple[PagedContext, list[torch.Tensor]]:
         inputs, entries = [], []
         for item in batch:
             inp, entry = self._prepare(item)
@@ -256,7 +254,9 @@ class Engine:
             entries.append(entry)
         ctx = PagedContext(self.pool, self.ws, self.model.rope, entries)
         with torch.no_grad():
-            flows = self.model.forward(inputs, ctx)
+            return ctx, self.model.forward(inputs, ctx)
+
+    def _finish(self, batch, ctx: PagedContext, flows) -> tuple[list[int], list[tuple[int, Chunk]]]:
         chunks = []
         for i, (item, flow) in enumerate(zip(batch, flows, strict=True)):
             if item.kind == DENOISE:

@@ -99,6 +99,7 @@ def build_api(
 
     homes = Homes(engine, store)
     viewers = delivery.Viewers(server.max_viewers_per_tenant)
+    reads = delivery.SharedFrames(store)  # viewers of a stream share its store reads
 
     async def place(**kw) -> dict[str, Any]:
         """engine.create, retried on another replica after a kv_pressure / queue_full refusal
@@ -168,7 +169,7 @@ def build_api(
         await homes.route(stream_id, who)
         viewers.check(who)
         first = delivery.resume_from(start, last_event_id)
-        gen = viewers.counted(who, delivery.relay(store, stream_id, who, format, first))
+        gen = viewers.counted(who, delivery.relay(reads, stream_id, who, format, first))
         media = MJPEG_TYPE if format == "mjpeg" else SSE_TYPE
         hang_up = (lambda: homes.cancel(stream_id, who)) if cancel_on_disconnect else None
         body = _relay(gen, hang_up, drain)
@@ -244,7 +245,7 @@ def build_api(
 
     from qvg_serve.serve.ui import mount_ui  # imports this module: wired in last
 
-    mount_ui(app, cfg, engine, store, tenant, guard, viewers)
+    mount_ui(app, cfg, engine, store, tenant, guard, viewers, reads)
     return app
 
 

@@ -83,6 +83,7 @@ class EngineSettings(_Strict):
     centroids: int | None = _from(EngineConfig, "centroids", ge=1, le=256)
     max_batch_kv_tokens: int | None = _from(EngineConfig, "max_batch_kv_tokens", gt=0)
     seed: int = _from(EngineConfig, "seed", ge=0)
+    overlap_encodes: bool = _from(EngineConfig, "overlap_encodes")
 
     @model_validator(mode="after")
     def _builds(self) -> EngineSettings:

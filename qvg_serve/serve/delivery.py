@@ -8,6 +8,11 @@ when the replica dies the connection stays open, an SSE client gets a `recoverin
 frames resume once another replica continues the stream. It also keeps viewers off the engine
 replicas' request slots (status, create and cancel never queue behind viewers).
 
+Viewers of one stream share its reads (`SharedFrames`): the ingress makes one store call per
+stream and frame index however many viewers wait at that index, and fetches each chunk's
+JPEGs once, so 500 viewers of 4 live streams cost the store about what 4 viewers do and the
+store stays free for status, create and DELETE (each asks it where the stream lives).
+
 Exactly once across reconnects: SSE events carry the frame index as `id:`, a reconnect sends
 `Last-Event-ID` (browsers' EventSource do it on their own) or `?start=N`, and delivery starts
 at the next index. If the ingress loses the store mid-stream, SSE ends with `retry:` and a
@@ -18,6 +23,7 @@ reconnects with `?start=<frames received>`).
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 from collections import Counter
 
@@ -31,6 +37,46 @@ POLL_S = 5.0
 RETRY_MS = 1000
 """SSE `retry:` given to clients: reconnect after 1 s (the store answers again by then)."""
 VIEWER_RETRY_S = 5
+
+
+class SharedFrames:
+    """`store.frames.remote(...)` for `relay`, shared: concurrent calls with the same stream,
+    tenant, start frame and wait join one store call (single flight), whose chunks' JPEG
+    refs are fetched once and handed to every caller as lists. Nothing is kept after the
+    call: a viewer behind the others reads on its own until it catches up."""
+
+    def __init__(self, store) -> None:
+        self.store = store
+        self._flights: dict[tuple, asyncio.Future] = {}
+        self.calls = 0  # store calls made (tests, benches)
+        self.frames = _Remote(self._frames)
+
+    async def _frames(self, pid: str, tenant: str, start: int, wait_s: float):
+        key = (pid, tenant, start, wait_s)
+        flight = self._flights.get(key)
+        if flight is None:  # not in this request's context: Ray cancels a request's child
+            # tasks with it, which would fail every viewer sharing the call
+            loop = asyncio.get_running_loop()
+            flight = loop.create_task(self._read(*key), context=contextvars.Context())
+            self._flights[key] = flight
+            flight.add_done_callback(lambda _f, k=key: self._flights.pop(k, None))
+        return await asyncio.shield(flight)  # one viewer's hang-up does not cancel the rest
+
+    async def _read(self, pid: str, tenant: str, start: int, wait_s: float):
+        self.calls += 1
+        got = await self.store.frames.remote(pid, tenant, start, wait_s)
+        if got is None:
+            return None
+        refs = [ref for _, _, ref in got["chunks"] if not isinstance(ref, list)]
+        fetched = iter(await asyncio.gather(*refs))
+        chunks = [(k, first, ref if isinstance(ref, list) else next(fetched))
+                  for k, first, ref in got["chunks"]]  # fmt: skip
+        return {**got, "chunks": chunks}
+
+
+class _Remote:
+    def __init__(self, fn) -> None:
+        self.remote = fn
 
 
 class Viewers:

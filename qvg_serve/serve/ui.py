@@ -71,13 +71,21 @@ HEARTBEAT_S = 15.0  # an SSE comment this often keeps idle proxies from closing 
 
 
 def mount_ui(
-    app: FastAPI, cfg: AppConfig, engine, store, tenant, guard: Guard, viewers: delivery.Viewers
+    app: FastAPI,
+    cfg: AppConfig,
+    engine,
+    store,
+    tenant,
+    guard: Guard,
+    viewers: delivery.Viewers,
+    reads: delivery.SharedFrames,
 ) -> None:
     """Add the page, its JSON endpoints and (when configured) CORS to the API app; `store` is
-    the stream store actor (store.py); a feed counts as one of the tenant's `viewers`."""
+    the stream store actor (store.py), `reads` the ingress's shared frame reads of it; a feed
+    counts as one of the tenant's `viewers`."""
     _session_routes(app, cfg, guard)
     _read_routes(app, cfg, engine, store, tenant)
-    _feed_route(app, store, tenant, viewers)
+    _feed_route(app, reads, tenant, viewers)
     _page_routes(app)
     app.add_middleware(DocsPolicy, paths=("/docs", "/redoc"))  # FastAPIOffline serves them
     if cfg.server.cors_origins:
@@ -168,7 +176,7 @@ def _read_routes(app: FastAPI, cfg: AppConfig, engine, store, tenant) -> None:
         return KvSummary(**got, time=time.time())
 
 
-def _feed_route(app: FastAPI, store, tenant, viewers: delivery.Viewers) -> None:
+def _feed_route(app: FastAPI, reads, tenant, viewers: delivery.Viewers) -> None:
     @app.get(
         "/v1/feed",
         response_class=StreamingResponse,
@@ -190,7 +198,7 @@ def _feed_route(app: FastAPI, store, tenant, viewers: delivery.Viewers) -> None:
         for sid, first in zip(id, start or [0] * len(id), strict=True):
             if not STREAM_ID.match(sid):
                 raise ApiError(422, "invalid", f"id: {sid[:80]!r} is not a stream id", "id")
-            gens[sid] = delivery.relay(store, sid, who, "sse", first, preamble=False)
+            gens[sid] = delivery.relay(reads, sid, who, "sse", first, preamble=False)
         headers = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
         viewers.check(who)
         body = viewers.counted(who, _merge(gens))

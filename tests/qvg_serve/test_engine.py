@@ -231,3 +231,31 @@ def test_plan_failures_retry_only_out_of_memory(monkeypatch):
     with pytest.raises(ValueError, match="injected bug"):
         for _ in range(200):
             eng.step()
+
+
+@pytest.mark.gpu
+def test_encodes_beside_the_forward_equal_encodes_after_it():
+    """On CUDA a step's span encodes run on a side stream beside the forward (orders.py). In a
+    tight arena (many encodes, pages freed by them reused at once) every stream's latents match
+    the one-stream order's, and the ladder makes the same moves."""
+    model = build_model(MC, "cuda", torch.float32, 0)
+    page = 2 * MC.layers * MC.tokens_per_frame * MC.dim * 2
+    need = 4 * 5 * MC.frames_per_chunk * page
+
+    def run(overlap: bool):
+        sc = SchedulerConfig(max_batch_tokens=4 * MC.chunk_tokens, sink_pages=1, window_pages=1,
+                             max_batch_streams=4)  # fmt: skip
+        cfg = EngineConfig(model=MC.name, kv_cache_memory_bytes=int(0.45 * need), centroids=16,
+                           overlap_encodes=overlap)  # fmt: skip
+        eng = Engine(model, cfg, sc, device="cuda")
+        assert (eng.orders.side is not None) == overlap
+        ids = [eng.submit(text(i), chunks=5, seed=i)[0] for i in range(4)]
+        got = eng.run_until_idle()
+        eng.check_invariants()
+        return [latents(got, sid) for sid in ids], eng.kv_stats().ladder
+
+    side, ladder_side = run(True)
+    one, ladder_one = run(False)
+    assert ladder_side == ladder_one and ladder_side.get("encode", 0) > 0, ladder_side
+    for a, b in zip(side, one, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-3, rtol=1e-3)

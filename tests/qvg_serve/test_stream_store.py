@@ -185,3 +185,28 @@ def test_a_beat_that_overtakes_a_register_does_not_revoke_the_new_stream(store, 
     homing.track(durable.Local("a-3", 3, "acme", FRAMES))  # known, but the store has no record
     homing.beat_once()
     assert loop.calls == [("cancel", 3, durable.MOVED)]  # a forgotten stream is still revoked
+
+
+def test_viewers_of_a_stream_share_its_store_reads(store):
+    """100 viewers at the live edge: every one gets every frame once and the end, in about one
+    store call per chunk (not 100), and one viewer hanging up does not cut the others off."""
+    shared = delivery.SharedFrames(AsRemote(store))
+
+    async def scenario():
+        commit(store, 0)
+        readers = [asyncio.ensure_future(_collect(delivery.relay(shared, PID, "acme", "sse", 0)))
+                   for _ in range(100)]  # fmt: skip
+        quitter = asyncio.ensure_future(_collect(delivery.relay(shared, PID, "acme", "sse", 0)))
+        for k in range(1, CHUNKS):
+            for _ in range(3):
+                await asyncio.sleep(0)
+            if k == 2:
+                quitter.cancel()
+            commit(store, k)
+        await store.end(PID, "a", "completed", FRAMES, None)
+        return await asyncio.wait_for(asyncio.gather(*readers), 10)
+
+    for events in asyncio.run(scenario()):
+        assert [d["index"] for e, d in events if e == "frame"] == list(range(FRAMES))
+        assert events[-1] == ("end", {"reason": "completed", "frames": FRAMES})
+    assert shared.calls <= 2 * CHUNKS + 2, shared.calls  # unshared: hundreds
