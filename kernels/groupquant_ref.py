@@ -14,7 +14,12 @@ Scales are stored in `ScaleDtype`; for fp8-e4m3 a per-row fp32 scale-of-scales m
 absmax scale to 448 (the e4m3 maximum), so any input magnitude keeps 3 mantissa bits.
 Scale search (symmetric only) tries s = alpha * s_absmax for `search_grid` alphas in
 [search_min, 1], each after rounding to the stored dtype, and keeps the least squared error
-(first on ties).
+(the earlier candidate on ties). The error is ranked in fixed point (`search_score`): each group
+is scaled by a power of two to integers yq with |yq| <= 2^F (F = 16 for INT2 groups of 64; the
+largest value keeps 16-17 bits) and the score is the exact squared error of yq, from two integer
+sums; so it is independent of summation order, and the Triton kernel ranks bit-identically.
+With `search_step` k > 1 the search is coarse-to-fine: candidates 0, k, 2k, ... first, then
+the k-1 on each side of the best of those.
 
 Bytes per group of G values: G*bits/8 (codes) + scale bytes (+ zero bytes when asymmetric).
 """
@@ -95,20 +100,69 @@ def choose_qparams(x: torch.Tensor, spec: QuantSpec) -> QParams:
         )
     s0 = g.abs().amax(-1) / ((spec.levels - 1) / 2)
     sos = _sos(s0, spec.scale_dtype)
-    best_err: torch.Tensor | None = None
-    best: torch.Tensor | None = None
-    for alpha in search_alphas(spec, x.device).tolist():
+    alphas = search_alphas(spec, x.device)
+    if alphas.numel() == 1:
+        return QParams(store_scale(s0 * alphas[0], spec.scale_dtype, sos), None, sos)
+    yq, w = search_fixed_point(g, search_bits(spec))
+
+    def score(i: torch.Tensor | int) -> tuple[torch.Tensor, torch.Tensor]:
+        alpha = alphas[i] if isinstance(i, torch.Tensor) else float(alphas[i])
         stored = store_scale(s0 * alpha, spec.scale_dtype, sos)
         s = load_scale(stored, sos)[..., None]
-        err = (g - dequantize_sym(quantize_sym(g, s, spec.levels), s, spec.levels)).square().sum(-1)
-        if best is None or best_err is None:
-            best_err, best = err, stored
-        else:  # strictly better only: ties keep the earlier (larger) candidate
-            better = err < best_err
-            best_err = torch.where(better, err, best_err)
-            best = torch.where(better, stored, best)
-    assert best is not None  # search_alphas yields at least one candidate
+        return search_score(g, yq, w, s, spec.levels), stored
+
+    n, k = alphas.numel(), spec.search_step
+    best_sc, best = score(0)
+    best_i = torch.zeros_like(s0, dtype=torch.long)
+    for i in range(k, n, k):  # coarse (every candidate when k = 1), in order
+        sc, stored = score(i)
+        win = sc < best_sc  # ties keep the earlier (larger) candidate
+        best_sc, best = torch.where(win, sc, best_sc), torch.where(win, stored, best)
+        best_i = torch.where(win, i, best_i)
+    centre = best_i
+    for d in range(1 - k, k) if k > 1 else ():  # fine: the k-1 neighbours on each side
+        if d == 0:
+            continue
+        i = centre + d
+        ok = (i >= 0) & (i < n)
+        i = i.clamp(0, n - 1)
+        sc, stored = score(i)
+        win = ok & ((sc < best_sc) | ((sc == best_sc) & (i < best_i)))
+        best_sc, best = torch.where(win, sc, best_sc), torch.where(win, stored, best)
+        best_i = torch.where(win, i, best_i)
     return QParams(best, None, sos)
+
+
+def search_bits(spec: QuantSpec) -> int:
+    """F of the search's fixed point: |yq| <= 2^F, so a group's sum of G products yq * c
+    (|c| <= L-1) stays below 2^24 and is exact in fp32 (F = 16 for INT2, G = 64)."""
+    return 24 - (spec.group_size * (spec.levels - 1) - 1).bit_length()
+
+
+def search_fixed_point(g: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(yq, w): fp32 groups g [..., G] as integers yq = rint(g * w) (fp32), w = 2^(bits - E) per
+    group [...] with max|g| < 2^E (E from the exponent bits, at least bits - 126)."""
+    amax = g.abs().amax(-1).contiguous()
+    e = (((amax.view(torch.int32) >> 23) & 0xFF) - 126).clamp(min=bits - 126)
+    w = ((127 + bits - e) << 23).to(torch.int32).view(torch.float32)
+    return torch.round(g * w[..., None]), w
+
+
+def search_score(
+    g: torch.Tensor, yq: torch.Tensor, w: torch.Tensor, s: torch.Tensor, levels: int
+) -> torch.Tensor:
+    """fp64 [...] ranking score of scales s [..., 1] for groups g [..., G]: the squared error of
+    the fixed-point groups, minus sum(yq^2). With c = 2q - (L-1) (odd integers) and s' = s*w:
+    sum((yq - c s'/2)^2) - sum(yq^2) = s'(s' sum(c^2) - 4 sum(yq c)) / 4. Both sums are of
+    integers below 2^24 in fp32 (exact, so any summation order gives the same score), the rest is
+    per group in IEEE fp64; the Triton search does the same operations."""
+    safe = torch.where(s > 0, s, torch.ones_like(s))  # quantize_sym's levels, kept in fp32
+    c = torch.floor(g / safe + levels / 2).clamp_(0, levels - 1)
+    c = torch.where(s > 0, c, levels // 2).mul_(2.0).sub_(levels - 1)
+    a = (yq * c).sum(-1).to(torch.float64)
+    b = (c * c).sum(-1).to(torch.float64)
+    sp = (s[..., 0] * w).to(torch.float64)
+    return sp * (sp * b - 4.0 * a)
 
 
 def quantize(x: torch.Tensor, qp: QParams, spec: QuantSpec) -> torch.Tensor:

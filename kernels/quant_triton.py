@@ -5,9 +5,11 @@ Per (row, block of BLOCK_S tokens), for each group of G channels (static loop ov
     r = x - c_0[id_0] - ... - c_{T-1}[id_{T-1}]     fp32, same order as qvg_ref (bit-identical)
     y = r @ H_G                                       if rotate (fp32 ieee tl.dot)
     scale: symmetric -> least-error candidate among alpha * absmax/((L-1)/2), alpha from
-           groupquant_ref.search_alphas (loaded, so the candidates are the reference's);
+           groupquant_ref.search_alphas (loaded, so the candidates are the reference's), all
+           or coarse-to-fine (search_step), ranked by the reference's fixed-point score;
            asymmetric -> (max - min)/(L-1) and zero = min
-    codes = nearest level, packed 8/bits per byte, little end first
+    codes = nearest level (counted against exact per-row thresholds for L <= 16, so no
+            per-value division), packed 8/bits per byte, little end first
 
 fp8 scales need the row's scale-of-scales first: `_peak_kernel` (pass 1) writes each program's
 largest group scale, torch reduces them per row. Rounding to the scale dtype and the scale
@@ -16,15 +18,24 @@ search live in `kernels.scale_triton`.
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import torch
 import triton
 import triton.language as tl
 
-from .groupquant_ref import FP8_MAX, search_alphas
+from .groupquant_ref import FP8_MAX, search_alphas, search_bits
 from .hadamard import hadamard
-from .scale_triton import FORMAT, _quant_sym, _search, _store_scale
+from .scale_triton import (
+    FORMAT,
+    MAX_COUNTED_LEVELS,
+    _levels,
+    _search,
+    _store_scale,
+    level_bounds,
+    strict_mask,
+)
 from .spec import QuantSpec, ScaleDtype
 
 
@@ -134,6 +145,7 @@ def _quant_kernel(
     ids_ptr,
     h_ptr,
     alpha_ptr,
+    bnd_ptr,
     sos_ptr,
     codes_ptr,
     scales_ptr,
@@ -152,12 +164,15 @@ def _quant_kernel(
     MANT: tl.constexpr,
     EMIN: tl.constexpr,
     BLOCK_S: tl.constexpr,
-    EXACT: tl.constexpr,
-    EK: tl.constexpr,
+    COUNT: tl.constexpr,
+    STRICT: tl.constexpr,
+    F: tl.constexpr,
+    STEP: tl.constexpr,
 ):
-    """EK: squared errors are rounded to multiples of 2^-EK (2^e)^2, e the exponent of a group's
-    largest candidate scale: |y - level| < 6 * 2^e, so a group's sum stays < 2^50 grid units and
-    fp64 adds them exactly (44 - log2(G))."""
+    """COUNT: levels by thresholds (scale_triton.level_bounds at bnd_ptr, their strict flags as
+    the bit mask STRICT), else by IEEE division (same levels). F: the search's fixed-point
+    bits, |yq| <= 2^F (groupquant_ref.search_bits). STEP: the coarse step of the search
+    (QuantSpec.search_step); N_ALPHA 1 skips the search."""
     LEVELS: tl.constexpr = 1 << BITS
     K: tl.constexpr = 8 // BITS  # codes per byte
     NG: tl.constexpr = D // G
@@ -169,24 +184,14 @@ def _quant_kernel(
         y = _rotated(x_ptr, c_ptr, ids_ptr, h_ptr, row, R, S, C, offs_s, s_ok, g, D, G, T, ROTATE)
         if SYM:
             s0 = tl.math.div_rn(tl.max(tl.abs(y), axis=1), (LEVELS - 1) / 2)
-            # fixed-point grid of the squared errors: 2^(EK - 2e), e = exponent of the largest
-            # scale of the group (candidate 0 is the largest), so every candidate's error is a sum
-            # of integers < 2^53 in fp64: exact, hence independent of the reduction order
-            st0, s_0 = _store_scale(s0 * tl.load(alpha_ptr), sos, HAS_SOS, MANT, EMIN)
-            e = (tl.maximum(s0, s_0).to(tl.int32, bitcast=True) >> 23) & 0xFF
-            e = tl.maximum(e, 27)  # biased; e >= -100
-            grid = ((1023 + EK - 2 * (e - 127)).to(tl.int64) << 52).to(tl.float64, bitcast=True)
-            best_st, best_s, near = _search(
-                y, s0, grid, alpha_ptr, N_ALPHA, sos, HAS_SOS, MANT, EMIN, LEVELS, EXACT
-            )
-            if not EXACT:
-                # the fast search flags values whose reciprocal-multiply level could differ from
-                # the IEEE division's; then this block's group is searched again exactly
-                if tl.max(near, axis=0) != 0:
-                    best_st, best_s, near = _search(
-                        y, s0, grid, alpha_ptr, N_ALPHA, sos, HAS_SOS, MANT, EMIN, LEVELS, True
-                    )
-            q = _quant_sym(y, best_s, LEVELS)
+            if N_ALPHA > 1:
+                best_st, best_s = _search(
+                    y, s0, alpha_ptr, N_ALPHA, sos, bnd_ptr, HAS_SOS, MANT, EMIN, LEVELS, COUNT,
+                    STRICT, F, STEP,
+                )  # fmt: skip
+            else:
+                best_st, best_s = _store_scale(s0 * tl.load(alpha_ptr), sos, HAS_SOS, MANT, EMIN)
+            q = _levels(y, best_s, bnd_ptr, LEVELS, COUNT, STRICT)
         else:
             mn = tl.min(y, axis=1)
             st, s = _store_scale(
@@ -245,6 +250,13 @@ def _stages(centroids: torch.Tensor | None, ids: torch.Tensor | None, x: torch.T
     return centroids.contiguous(), ids.contiguous(), centroids.shape[0], centroids.shape[2]
 
 
+@functools.lru_cache(maxsize=16)
+def _bounds(levels: int, device: torch.device) -> tuple[torch.Tensor, int]:
+    """(level_bounds on `device`, their strict mask), once per level count and device."""
+    b = level_bounds(levels)
+    return b.to(device), strict_mask(b)
+
+
 def quantize(
     x: torch.Tensor,
     centroids: torch.Tensor | None,
@@ -263,6 +275,7 @@ def quantize(
     Bytes: reads R*S*D*x.itemsize + T*R*S*(ids.itemsize + D*c.itemsize) (gathered centroid
     rows, L2-resident table), twice when scales are fp8 (pass 1 for the scale-of-scales);
     writes R*S*D*bits/8 codes + R*S*(D/G)*scale.itemsize (x2 with zeros) + 4R.
+    exact: levels by IEEE division even where thresholds apply (a test lane: same result).
     """
     r, s, d = x.shape
     g = spec.group_size
@@ -273,8 +286,8 @@ def quantize(
     h = hadamard(g, x.device)
     fp8 = spec.scale_dtype is ScaleDtype.FP8
     grid = (r, triton.cdiv(s, block_s))
-    # no fma contraction: the error of each candidate scale is computed like torch's (separate
-    # multiply and subtract), so near-equal candidates are ranked the same way
+    # no fma contraction: each candidate's score is computed like torch's (separate multiply and
+    # subtract, IEEE fp64), so near-equal candidates are ranked the same way
     common = dict(D=d, G=g, T=t, SYM=spec.symmetric, ROTATE=spec.rotate, BLOCK_S=block_s)
     launch = dict(num_warps=num_warps, enable_fp_fusion=False)
     sos = None
@@ -289,12 +302,15 @@ def quantize(
     zeros = None if spec.symmetric else torch.empty_like(scales)
     alphas = search_alphas(spec, x.device).to(torch.float32) if spec.symmetric else h
     mant, emin = FORMAT[spec.scale_dtype]
+    count = spec.symmetric and spec.levels <= MAX_COUNTED_LEVELS and not exact
+    bnd, strict = _bounds(spec.levels, x.device) if count else (h, 0)
     _quant_kernel[grid](
         x,
         cen,
         idt,
         h,
         alphas,
+        bnd,
         sos if fp8 else h,
         codes,
         scales,
@@ -307,8 +323,10 @@ def quantize(
         HAS_SOS=fp8,
         MANT=mant,
         EMIN=emin,
-        EXACT=exact,
-        EK=44 - (g.bit_length() - 1),
+        COUNT=count,
+        STRICT=strict,
+        F=search_bits(spec),
+        STEP=spec.search_step,
         **common,
         **launch,
     )

@@ -1,13 +1,21 @@
 """Scale choice of the fused QVG quantize kernel, as Triton helpers: rounding a scale to its
-storage dtype exactly as `groupquant_ref.store_scale` does, and the least-error search over the
-reference's candidate scales.
+storage dtype exactly as `groupquant_ref.store_scale` does, the reference's levels without a
+division per value, and the least-error search over the reference's candidate scales.
 
 `round_to` rounds to nearest (ties to even) in fp32 arithmetic because the Triton interpreter
 truncates fp32 -> bf16/fp8 casts; the rounded value then converts exactly on every backend.
+
+Levels by thresholds (`level_bounds`, `_levels`): the reference's level of y under scale s > 0,
+floor(rn(rn(y / s) + L/2)) clamped to [0, L-1], is monotone in y, so it equals the number of
+k in 1..L-1 with y >= T_k(s). T_k is the smallest fp32 y with y / s >= M_k (> M_k where the
+tie rounds down), M_k a 25-bit constant found once on the host with the reference's own fp32
+ops; M_k * s is exact in fp64, so T_k is exact and the count equals the IEEE division's level
+for every y: no per-value division, no near-boundary fallback.
 """
 
 from __future__ import annotations
 
+import torch
 import triton
 import triton.language as tl
 
@@ -17,6 +25,47 @@ from .spec import ScaleDtype
 # minimum (-126) is raised to -119 to keep the ulp a normal fp32; scales below 2^-119 round
 # coarser than bf16 would (never met: fp32 K/V values are far larger).
 FORMAT = {ScaleDtype.FP8: (3, -6), ScaleDtype.FP16: (10, -14), ScaleDtype.BF16: (7, -119)}
+
+# Levels up to this count are found by counting thresholds (L - 1 compares per value); more
+# (INT8) by IEEE division.
+MAX_COUNTED_LEVELS = 16
+
+
+def _f32(key: int) -> torch.Tensor:
+    """The fp32 whose order key (see _key) is `key`."""
+    bits = key if key >= 0 else (-key) | (1 << 31)
+    return torch.tensor([bits], dtype=torch.int64).to(torch.int32).view(torch.float32)[0]
+
+
+def _key(v: float) -> int:
+    """Integer order key of an fp32: monotone in the value, consecutive for neighbours."""
+    bits = int(torch.tensor([v], dtype=torch.float32).view(torch.int32)[0])
+    return bits if bits >= 0 else -(bits & 0x7FFFFFFF)
+
+
+def level_bounds(levels: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """fp64 [2, L-1]: row 0 the bounds M_k, row 1 strict_k (0/1), k = 1..L-1, such that for any
+    fp32 y and s > 0 the reference's level floor(rn(rn(y/s) + L/2)) >= k iff y/s >= M_k
+    (y/s > M_k where strict_k). Found by bisection over fp32 quotients u with the reference's own
+    fp32 ops (floor(u + L/2) is monotone in u)."""
+    bounds, strict = [], []
+    for k in range(1, levels):
+        lo, hi = _key(k - levels / 2 - 1), _key(k - levels / 2)  # level k-1 and k
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            if bool(torch.floor(_f32(mid) + levels / 2) >= k):
+                hi = mid
+            else:
+                lo = mid
+        u, below = _f32(hi), _f32(lo)  # u: smallest fp32 quotient of level >= k
+        bounds.append((u.double() + below.double()).item() / 2)  # exact: 25 bits
+        strict.append(float(hi & 1))  # a tie rounds to the even mantissa
+    return torch.tensor([bounds, strict], dtype=torch.float64, device=device)
+
+
+def strict_mask(bounds: torch.Tensor) -> int:
+    """level_bounds' strict flags as a bit mask (bit k-1 = strict_k), a kernel constexpr."""
+    return sum(1 << k for k, v in enumerate(bounds[1].tolist()) if v)
 
 
 @triton.jit
@@ -40,62 +89,105 @@ def _store_scale(s, sos, HAS_SOS: tl.constexpr, MANT: tl.constexpr, EMIN: tl.con
 
 
 @triton.jit
+def _threshold(s64, bnd_ptr, k, STRICT: tl.constexpr):
+    """fp32 [BLOCK_S]: smallest fp32 y with y/s >= M_k (> M_k if STRICT), s64 = fp64(s) > 0."""
+    p = tl.load(bnd_ptr + k) * s64  # exact: 25 x 24 significant bits
+    t = p.to(tl.float32)  # nearest: the threshold or one step below it
+    if STRICT:
+        low = t.to(tl.float64) <= p
+    else:
+        low = t.to(tl.float64) < p
+    bits = t.to(tl.int32, bitcast=True)  # t < 0 steps up by -1 (t = -0 is never low: p < 0)
+    nxt = (bits + tl.where(t >= 0, 1, -1)).to(tl.float32, bitcast=True)
+    return tl.where(low, nxt, t)
+
+
+@triton.jit
+def _levels(y, s, bnd_ptr, LEVELS: tl.constexpr, COUNT: tl.constexpr, STRICT: tl.constexpr):
+    """groupquant_ref.quantize_sym as fp32 levels [BLOCK_S, G] of y, scales s [BLOCK_S] (0 ->
+    the middle level): by thresholds (COUNT; STRICT: bit k-1 = strict_k of level_bounds) or by
+    IEEE division, the same levels either way."""
+    if COUNT:
+        s64 = s.to(tl.float64)
+        q = tl.zeros(y.shape, tl.float32)
+        for k in tl.static_range(1, LEVELS):
+            t = _threshold(s64, bnd_ptr, k - 1, (STRICT >> (k - 1)) & 1)
+            q += tl.where(y >= t[:, None], 1.0, 0.0)
+    else:
+        safe = tl.where(s > 0, s, 1.0)
+        q = tl.floor(tl.math.div_rn(y, safe[:, None]) + LEVELS / 2)
+        q = tl.minimum(tl.maximum(q, 0.0), LEVELS - 1.0)
+    return tl.where(s[:, None] > 0, q, LEVELS // 2)
+
+
+@triton.jit
+def _score(y, yq, w, s, bnd_ptr, LEVELS: tl.constexpr, COUNT: tl.constexpr, STRICT: tl.constexpr):
+    """fp64 [BLOCK_S] ranking score of scales s (groupquant_ref.search_score): with c = 2q-(L-1)
+    and s' = s*w, sum((yq - c*s'/2)^2) - sum(yq^2) = s'(s' sum(c^2) - 4 sum(yq*c)) / 4. Both sums
+    are of integers < 2^24 in fp32, exact in any order."""
+    c = 2.0 * _levels(y, s, bnd_ptr, LEVELS, COUNT, STRICT) - (LEVELS - 1.0)
+    a = tl.sum(yq * c, axis=1).to(tl.float64)
+    b = tl.sum(c * c, axis=1).to(tl.float64)
+    sp = (s * w).to(tl.float64)
+    return sp * (sp * b - 4.0 * a)
+
+
+@triton.jit
+def _try(b_sc, b_i, b_st, b_s, i, ok, y, yq, w, s0, alpha_ptr, sos, bnd_ptr, HAS_SOS, MANT, EMIN,
+         LEVELS, COUNT, STRICT):  # fmt: skip
+    """Evaluate candidate i (scalar or per-row int32, valid where `ok`) against the running
+    best (score, index, stored, fp32 scale): a smaller score wins, the smaller index on ties."""
+    st, s = _store_scale(s0 * tl.load(alpha_ptr + i), sos, HAS_SOS, MANT, EMIN)
+    sc = _score(y, yq, w, s, bnd_ptr, LEVELS, COUNT, STRICT)
+    win = ok & ((sc < b_sc) | ((sc == b_sc) & (i < b_i)))
+    return (
+        tl.where(win, sc, b_sc),
+        tl.where(win, i, b_i),
+        tl.where(win, st, b_st),
+        tl.where(win, s, b_s),
+    )
+
+
+@triton.jit
 def _search(
     y,
     s0,
-    grid,
     alpha_ptr,
     N_ALPHA,
     sos,
+    bnd_ptr,
     HAS_SOS: tl.constexpr,
     MANT: tl.constexpr,
     EMIN: tl.constexpr,
     LEVELS: tl.constexpr,
-    EXACT: tl.constexpr,
+    COUNT: tl.constexpr,
+    STRICT: tl.constexpr,
+    F: tl.constexpr,
+    STEP: tl.constexpr,
 ):
-    """Least-error candidate scale of each row of y [BLOCK_S, G]: (stored, fp32 value, near).
-
-    Candidates in the reference's order, strictly smaller error wins (first wins ties). Errors
-    are sum((y - (q - (L-1)/2) * s)^2): each fp32 square (the reference's) is rounded to the
-    row's fixed-point `grid` and summed exactly in fp64, so the ranking does not depend on the
-    launch config (reduction order).
-    EXACT: levels by IEEE division (as the reference). Otherwise by y * (1/s) (one division per
-    row instead of per value); `near` (int32 [BLOCK_S]) is 1 where a value lands within 2^-16 of
-    a level boundary, the only place the two can differ (|error| <= 3 ulp of y/s), so the
-    result equals the exact search wherever no row of the block is flagged.
-    """
-    best_err = tl.full((y.shape[0],), float("inf"), tl.float64)
-    best_st = tl.zeros((y.shape[0],), tl.float32)
-    best_s = tl.zeros((y.shape[0],), tl.float32)
-    near = tl.zeros(y.shape, tl.int32)
-    for i in range(N_ALPHA):  # first candidate wins ties, as in the reference
-        st, s = _store_scale(s0 * tl.load(alpha_ptr + i), sos, HAS_SOS, MANT, EMIN)
-        if EXACT:
-            q = _quant_sym(y, s, LEVELS)
-        else:
-            safe = tl.where(s > 0, s, 1.0)
-            z = y * tl.math.div_rn(1.0, safe)[:, None] + LEVELS / 2
-            q = tl.floor(z)
-            f = z - q
-            hit = ((f < 1.0 / 65536) | (f > 1.0 - 1.0 / 65536)) & (z > 0.5) & (z < LEVELS - 0.5)
-            near |= (hit & (y != 0.0) & (s[:, None] > 0)).to(tl.int32)
-            q = tl.minimum(tl.maximum(q, 0.0), LEVELS - 1.0)
-            q = tl.where(s[:, None] > 0, q, LEVELS // 2)
-        d = y - (q - (LEVELS - 1) / 2) * s[:, None]
-        t = (d * d).to(tl.float64) * grid[:, None]  # the reference's fp32 square, exact scaling
-        t = (t + 6755399441055744.0) - 6755399441055744.0  # 1.5 * 2^52: round to an integer
-        err = tl.sum(t, axis=1)
-        better = (err < best_err) | (i == 0)
-        best_err = tl.where(better, err, best_err)
-        best_st = tl.where(better, st, best_st)
-        best_s = tl.where(better, s, best_s)
-    return best_st, best_s, tl.max(near, axis=1)
-
-
-@triton.jit
-def _quant_sym(y, s, LEVELS: tl.constexpr):
-    """groupquant_ref.quantize_sym as fp32 levels [BLOCK_S, G]; s [BLOCK_S] (0 -> mid code)."""
-    safe = tl.where(s > 0, s, 1.0)
-    q = tl.floor(tl.math.div_rn(y, safe[:, None]) + LEVELS / 2)
-    q = tl.minimum(tl.maximum(q, 0.0), LEVELS - 1.0)
-    return tl.where(s[:, None] > 0, q, LEVELS // 2)
+    """Least-score candidate scale of each row of y [BLOCK_S, G]: (stored, fp32 value), as
+    groupquant_ref.choose_qparams. yq = rint(y * w), w = 2^(F - E) with max|y| < 2^E, so
+    |yq| <= 2^F. STEP 1: every candidate in order; STEP k: candidates 0, k, 2k, ..., then the
+    k-1 on each side of the best of those."""
+    amax = tl.max(tl.abs(y), axis=1)
+    e = tl.maximum(((amax.to(tl.int32, bitcast=True) >> 23) & 0xFF) - 126, F - 126)
+    w = ((127 + F - e) << 23).to(tl.float32, bitcast=True)
+    yq = (y * w[:, None] + 12582912.0) - 12582912.0  # 1.5*2^23: rint, ties to even
+    always = tl.full((y.shape[0],), 1, tl.int1)
+    sc = tl.full((y.shape[0],), float("inf"), tl.float64)
+    bi = tl.full((y.shape[0],), N_ALPHA, tl.int32)
+    bst, bs = s0, s0
+    for i in range(0, N_ALPHA, STEP):
+        sc, bi, bst, bs = _try(sc, bi, bst, bs, i, always, y, yq, w, s0, alpha_ptr, sos, bnd_ptr,
+                               HAS_SOS, MANT, EMIN, LEVELS, COUNT, STRICT)  # fmt: skip
+    if STEP > 1:
+        centre = bi
+        for d in tl.static_range(1 - STEP, STEP):
+            if d != 0:
+                i = centre + d
+                ok = (i >= 0) & (i < N_ALPHA)
+                i = tl.minimum(tl.maximum(i, 0), N_ALPHA - 1)
+                sc, bi, bst, bs = _try(sc, bi, bst, bs, i, ok, y, yq, w, s0, alpha_ptr, sos,
+                                       bnd_ptr, HAS_SOS, MANT, EMIN, LEVELS, COUNT,
+                                       STRICT)  # fmt: skip
+    return bst, bs

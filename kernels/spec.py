@@ -69,6 +69,9 @@ class QuantSpec:
     """Candidates in the scale search: multiples of the absmax scale in [search_min, 1]."""
     search_min: float = 0.3
     """Smallest candidate as a fraction of the absmax scale."""
+    search_step: int = 1
+    """Coarse-to-fine search: 1 tries every candidate; k > 1 tries every k-th (0, k, 2k, ...)
+    then the k-1 on each side of the best of those (16 candidates, k=4: 10 tried, not 16)."""
 
     def __post_init__(self) -> None:
         if self.bits not in SUPPORTED_BITS:
@@ -83,6 +86,10 @@ class QuantSpec:
             raise ValueError("QuantSpec.scale_search needs symmetric=True (set scale_search=False)")
         if self.search_grid < 1:
             raise ValueError(f"QuantSpec.search_grid={self.search_grid}: must be >= 1")
+        if not 1 <= self.search_step <= self.search_grid:
+            raise ValueError(
+                f"QuantSpec.search_step={self.search_step}: use 1..search_grid ({self.search_grid})"
+            )
         if not 0.0 < self.search_min <= 1.0:
             raise ValueError(f"QuantSpec.search_min={self.search_min}: must be in (0, 1]")
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -74,6 +76,63 @@ def test_scale_search_never_worse_than_absmax():
     e_search = (x - _roundtrip(x, search)[1]).square().reshape(-1, 64).sum(-1)
     assert bool((e_search <= e_plain + 1e-5).all())
     assert e_search.sum() < 0.8 * e_plain.sum()
+
+
+def _candidate_scores(x, spec):
+    """fp64 [n_groups, n_candidates] search scores of every candidate, and each one computed
+    directly as the fixed-point squared error minus sum(yq^2)."""
+    g = x.reshape(1, -1, 1, spec.group_size)
+    yq, w = gq.search_fixed_point(g, gq.search_bits(spec))
+    s0 = g.abs().amax(-1) / ((spec.levels - 1) / 2)
+    sos = gq._sos(s0, spec.scale_dtype)
+    scores, direct = [], []
+    for a in gq.search_alphas(spec).tolist():
+        s = gq.load_scale(gq.store_scale(s0 * a, spec.scale_dtype, sos), sos)[..., None]
+        scores.append(gq.search_score(g, yq, w, s, spec.levels))
+        c = gq.quantize_sym(g, s, spec.levels).double() - (spec.levels - 1) / 2
+        yd, sp = yq.double(), (s * w[..., None]).double()
+        direct.append((yd - c * sp).square().sum(-1) - yd.square().sum(-1))
+    return torch.stack(scores, -1).reshape(-1, len(scores)), torch.stack(direct, -1).reshape(
+        -1, len(scores)
+    )
+
+
+@pytest.mark.parametrize("bits", [2, 4])
+def test_search_score_is_the_fixed_point_error_and_the_pick_is_least(bits):
+    spec = QuantSpec(bits=bits, group_size=64, rotate=False)
+    x = torch.randn(1, 200, 64, generator=torch.Generator().manual_seed(4))
+    x[..., 5] *= 6
+    scores, direct = _candidate_scores(x, spec)
+    torch.testing.assert_close(scores / 4, direct, rtol=1e-12, atol=1e-6)
+    yq, _ = gq.search_fixed_point(x.reshape(-1, 64), gq.search_bits(spec))
+    assert float(yq.abs().max()) <= 2 ** gq.search_bits(spec)  # sums of yq * c stay < 2^24
+    picked = gq.choose_qparams(x, spec).scales.reshape(-1).float()
+    best = scores.argmin(-1)  # first minimum, as the search's tie rule
+    s0 = x.reshape(-1, 64).abs().amax(-1) / ((spec.levels - 1) / 2)
+    sos = gq._sos(s0.reshape(1, -1, 1), spec.scale_dtype)
+    want = gq.store_scale(s0.reshape(1, -1, 1) * gq.search_alphas(spec)[best].reshape(1, -1, 1),
+                          spec.scale_dtype, sos)  # fmt: skip
+    assert torch.equal(picked, want.reshape(-1).float())
+
+
+def test_coarse_to_fine_search_tries_the_neighbours_of_the_coarse_best():
+    """search_step=4: the pick is the least score among 0, 4, 8, 12 and the 3 on each side of
+    the best of those; never better than the full search."""
+    x = torch.randn(1, 300, 64, generator=torch.Generator().manual_seed(5))
+    full = QuantSpec(rotate=False)
+    scores, _ = _candidate_scores(x, full)
+    coarse_best = scores[:, ::4].argmin(-1) * 4
+    idx = torch.arange(16)[None, :]
+    near = (idx - coarse_best[:, None]).abs() <= 3
+    want = torch.where(near, scores, torch.inf).argmin(-1)
+    got_sc = gq.choose_qparams(x, replace(full, search_step=4)).scales.reshape(-1).float()
+    alphas = gq.search_alphas(full)
+    s0 = x.reshape(-1, 64).abs().amax(-1) / 1.5
+    sos = gq._sos(s0.reshape(1, -1, 1), full.scale_dtype)
+    want_sc = gq.store_scale((s0 * alphas[want]).reshape(1, -1, 1), full.scale_dtype, sos)
+    assert torch.equal(got_sc, want_sc.reshape(-1).float())
+    assert bool((scores.gather(1, want[:, None]) >= scores.min(-1, keepdim=True).values).all())
+    assert int((want != scores.argmin(-1)).sum()) < 0.2 * len(want)  # mostly the same pick
 
 
 def test_all_zeros_and_constant_groups():

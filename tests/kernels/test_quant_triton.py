@@ -52,6 +52,8 @@ SPECS = {
     "int2-asym-rot": QuantSpec(symmetric=False, scale_search=False),
     "int2-fp16": QuantSpec(scale_dtype=ScaleDtype.FP16, rotate=False, search_grid=4),
     "int2-bf16-g32": QuantSpec(group_size=32, scale_dtype=ScaleDtype.BF16, search_grid=4),
+    "int2-coarse": QuantSpec(rotate=False, search_step=4),  # coarse-to-fine: 10 of 16 tried
+    "int4-search": QuantSpec(bits=4, rotate=False, search_grid=4),  # 15 thresholds per level
 }
 
 
@@ -129,6 +131,29 @@ def test_round_to_matches_torch_cast(dtype):
     assert torch.equal(y, x.to(dtype.torch_dtype).float())
 
 
+@pytest.mark.parametrize("levels", [4, 16])
+def test_level_bounds_count_equals_ieee_division(levels):
+    """Counting y >= T_k (T_k the smallest fp32 with y/s >= M_k, as scale_triton._threshold)
+    gives quantize_sym's level, also for y within 3 ulps of every boundary, at any scale."""
+    g = torch.Generator().manual_seed(levels)
+    b = st.level_bounds(levels)
+    n = 50_000
+    s = (torch.rand(n, generator=g) + 0.01) * torch.logspace(-20, 20, n)[torch.randperm(n)]
+    k = torch.randint(1, levels, (n,), generator=g)
+    edge = (b[0][k - 1] * s.double()).float().view(torch.int32)
+    edge = edge + torch.randint(-3, 4, (n,), generator=g, dtype=torch.int32)
+    y = torch.cat([edge.view(torch.float32), torch.randn(n, generator=g) * s * levels / 2])
+    s = torch.cat([s, s])
+    p = b[0][None, :] * s.double()[:, None]  # exact
+    t = p.float()
+    low = (t.double() < p) | ((b[1][None, :] != 0) & (t.double() == p))
+    bits = t.view(torch.int32)
+    up = torch.where(t > 0, bits + 1, torch.where(t < 0, bits - 1, torch.ones_like(bits)))
+    thr = torch.where(low, up.view(torch.float32), t)
+    count = (y[:, None] >= thr).sum(1)
+    assert torch.equal(count, gq.quantize_sym(y[:, None], s[:, None], levels)[:, 0].long())
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("name", ["int2-rot-search", "int2-plain"])
 def test_quantize_full_size_gpu(name):
@@ -145,8 +170,8 @@ def test_quantize_full_size_gpu(name):
 
 @pytest.mark.parametrize("name", ["int2-search", "int2-rot-search", "int2-fp16"])
 def test_quantize_fast_search_equals_exact_and_is_config_independent(name):
-    """The reciprocal-multiply search (with its exact fallback) picks the same scales as the
-    IEEE-division search, and codes do not depend on block size / warps (exact error sums)."""
+    """Levels by thresholds pick the same scales and codes as by IEEE division (exact=True),
+    and codes do not depend on block size / warps (integer score sums)."""
     spec = SPECS[name]
     x, cent, ids = _stage(r=2, s=70, seed=3)
     x[0, :3] = 0.0  # exact zeros and a tiny group exercise the flags
