@@ -38,6 +38,12 @@ from .scale_triton import (
 )
 from .spec import QuantSpec, ScaleDtype
 
+COUNT_LEVELS_UP_TO = 4
+"""The default lane: levels counted against thresholds for L <= this (INT2), by IEEE division
+above. Lent H200, 2026-12-01, [12, 37440, 128] with the 16-candidate search: qvg-int2 1.97 ms
+counted vs 2.20 by division (old kernel 2.83); qvg-int4 4.81 counted vs 2.21 by division (old
+3.78). BENCHMARKS.md, "Quantize scale search"."""
+
 
 class Quantized(NamedTuple):
     codes: torch.Tensor  # uint8 [R, S, D*bits/8]
@@ -264,7 +270,7 @@ def quantize(
     spec: QuantSpec,
     block_s: int = 64,
     num_warps: int = 8,
-    exact: bool = False,
+    exact: bool | None = None,
 ) -> Quantized:
     """Fused subtract-centroids + rotate + choose scale + quantize + pack of QVG residuals.
 
@@ -275,7 +281,8 @@ def quantize(
     Bytes: reads R*S*D*x.itemsize + T*R*S*(ids.itemsize + D*c.itemsize) (gathered centroid
     rows, L2-resident table), twice when scales are fp8 (pass 1 for the scale-of-scales);
     writes R*S*D*bits/8 codes + R*S*(D/G)*scale.itemsize (x2 with zeros) + 4R.
-    exact: levels by IEEE division even where thresholds apply (a test lane: same result).
+    exact: True = levels by IEEE division, False = counted against per-row thresholds (L <= 16),
+    None = counted for L <= COUNT_LEVELS_UP_TO. Both give the same codes and scales (tested).
     """
     r, s, d = x.shape
     g = spec.group_size
@@ -302,6 +309,7 @@ def quantize(
     zeros = None if spec.symmetric else torch.empty_like(scales)
     alphas = search_alphas(spec, x.device).to(torch.float32) if spec.symmetric else h
     mant, emin = FORMAT[spec.scale_dtype]
+    exact = spec.levels > COUNT_LEVELS_UP_TO if exact is None else exact
     count = spec.symmetric and spec.levels <= MAX_COUNTED_LEVELS and not exact
     bnd, strict = _bounds(spec.levels, x.device) if count else (h, 0)
     _quant_kernel[grid](

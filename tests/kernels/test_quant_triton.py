@@ -178,6 +178,6 @@ def test_quantize_fast_search_equals_exact_and_is_config_independent(name):
     x[1, 5] *= 1e-12
     want = qt.quantize(x, cent, ids, spec, exact=True)
     for bs, nw in ((64, 8), (16, 2), (32, 4)):
-        got = qt.quantize(x, cent, ids, spec, block_s=bs, num_warps=nw)
+        got = qt.quantize(x, cent, ids, spec, block_s=bs, num_warps=nw, exact=False)
         assert torch.equal(got.codes, want.codes)
         assert torch.equal(got.scales.float(), want.scales.float())
