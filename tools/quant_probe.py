@@ -32,6 +32,7 @@ from kernels.container import Encoded  # noqa: E402
 from kernels.hadamard import rotate_groups  # noqa: E402
 from kernels.spec import CodecSpec, QuantSpec, get_spec  # noqa: E402
 from tools import quant_variants  # noqa: E402
+from tools.decode_sweep import kv_like  # noqa: E402  (the same clustered [1, 12, 37440, 128])
 
 SHAPE = (1, 12, 37440, 128)
 STEPS = (1, 2, 4)
@@ -116,17 +117,6 @@ def quality(args: argparse.Namespace, device: str) -> None:
 
 
 # ----------------------------------------------------------------------------- time
-
-
-def kv_like(seed: int = 0) -> torch.Tensor:
-    """Clustered bf16 K/V [1, 12, 37440, 128] on CUDA (as tools/decode_sweep.py)."""
-    b, h, s, d = SHAPE
-    g = torch.Generator(device="cuda").manual_seed(seed)
-    centers = torch.randn(b * h, 64, d, generator=g, device="cuda") * 2
-    ids = torch.randint(0, 64, (b * h, s), generator=g, device="cuda")
-    x = torch.gather(centers, 1, ids[..., None].expand(-1, -1, d))
-    x = x + 0.5 * torch.randn(b * h, s, d, generator=g, device="cuda")
-    return x.reshape(SHAPE).to(torch.bfloat16)
 
 
 def bench_ms(fn) -> float:
