@@ -19,6 +19,7 @@ search live in `kernels.scale_triton`.
 from __future__ import annotations
 
 import functools
+import os
 from typing import NamedTuple
 
 import torch
@@ -101,12 +102,40 @@ def _rotated(
     G: tl.constexpr,
     T: tl.constexpr,
     ROTATE: tl.constexpr,
+    SPLIT_ROT: tl.constexpr,
 ):
     y = _residual(x_ptr, c_ptr, ids_ptr, row, R, S, C, offs_s, s_ok, g, D, G, T)
     if ROTATE:
         h = tl.load(h_ptr + tl.arange(0, G)[:, None] * G + tl.arange(0, G)[None, :])
-        y = tl.dot(y, h, input_precision="ieee")
+        if SPLIT_ROT:
+            y = _split_dot(y, h, G, SPLIT_ROT == 2)
+        else:
+            y = tl.dot(y, h, input_precision="ieee")
     return y
+
+
+@triton.jit
+def _split_dot(y, h, G: tl.constexpr, UPCAST: tl.constexpr):
+    """y @ h for the orthonormal Hadamard h on bf16 tensor cores, exact products: y = y1 + y2 +
+    y3 with each part a bf16 (8 + 8 + 8 significant bits cover fp32's 24), times the +-1
+    Sylvester matrix (exact in bf16), accumulated in fp32 smallest part first, then scaled by
+    1/sqrt(G). Only the fp32 accumulation rounds, as in the ieee dot (in another order).
+    UPCAST: the same parts in fp32 ieee dots (the interpreter has no bf16 dot; tests the split)."""
+    pm = tl.where(h > 0, 1.0, -1.0).to(tl.bfloat16)
+    y1 = y.to(tl.bfloat16)
+    e1 = y - y1.to(tl.float32)
+    y2 = e1.to(tl.bfloat16)
+    y3 = (e1 - y2.to(tl.float32)).to(tl.bfloat16)
+    if UPCAST:
+        p32 = pm.to(tl.float32)
+        acc = tl.dot(y3.to(tl.float32), p32, input_precision="ieee")
+        acc = tl.dot(y2.to(tl.float32), p32, acc, input_precision="ieee")
+        acc = tl.dot(y1.to(tl.float32), p32, acc, input_precision="ieee")
+    else:
+        acc = tl.dot(y3, pm)
+        acc = tl.dot(y2, pm, acc)
+        acc = tl.dot(y1, pm, acc)
+    return acc * tl.max(tl.max(h, axis=1), axis=0)  # h's positive entry: fp32(1/sqrt(G))
 
 
 @triton.jit
@@ -125,6 +154,7 @@ def _peak_kernel(
     LEVELS: tl.constexpr,
     SYM: tl.constexpr,
     ROTATE: tl.constexpr,
+    SPLIT_ROT: tl.constexpr,
     BLOCK_S: tl.constexpr,
 ):
     """Pass 1 (fp8 scales): peak[row, block] = largest group scale (or |zero|) of the block."""
@@ -133,7 +163,9 @@ def _peak_kernel(
     s_ok = offs_s < S
     peak = tl.zeros((BLOCK_S,), tl.float32)
     for g in tl.static_range(D // G):
-        y = _rotated(x_ptr, c_ptr, ids_ptr, h_ptr, row, R, S, C, offs_s, s_ok, g, D, G, T, ROTATE)
+        y = _rotated(
+            x_ptr, c_ptr, ids_ptr, h_ptr, row, R, S, C, offs_s, s_ok, g, D, G, T, ROTATE, SPLIT_ROT
+        )
         if SYM:
             p = tl.math.div_rn(tl.max(tl.abs(y), axis=1), (LEVELS - 1) / 2)
         else:
@@ -166,6 +198,7 @@ def _quant_kernel(
     BITS: tl.constexpr,
     SYM: tl.constexpr,
     ROTATE: tl.constexpr,
+    SPLIT_ROT: tl.constexpr,
     HAS_SOS: tl.constexpr,
     MANT: tl.constexpr,
     EMIN: tl.constexpr,
@@ -187,7 +220,9 @@ def _quant_kernel(
     s_ok = offs_s < S
     sos = tl.load(sos_ptr + row) if HAS_SOS else 1.0
     for g in tl.static_range(NG):
-        y = _rotated(x_ptr, c_ptr, ids_ptr, h_ptr, row, R, S, C, offs_s, s_ok, g, D, G, T, ROTATE)
+        y = _rotated(
+            x_ptr, c_ptr, ids_ptr, h_ptr, row, R, S, C, offs_s, s_ok, g, D, G, T, ROTATE, SPLIT_ROT
+        )
         if SYM:
             s0 = tl.math.div_rn(tl.max(tl.abs(y), axis=1), (LEVELS - 1) / 2)
             if N_ALPHA > 1:
@@ -249,6 +284,12 @@ def _pack_store(
     )
 
 
+def _split_rotation(x: torch.Tensor, block_s: int) -> bool:
+    """Default of quantize's split_rot: real CUDA Triton (the interpreter runs dots in numpy, so
+    it keeps the FMA path the CPU tests pin bit-for-bit) and a tile the bf16 dot accepts."""
+    return x.is_cuda and os.environ.get("TRITON_INTERPRET", "0") in ("", "0") and block_s >= 16
+
+
 def _stages(centroids: torch.Tensor | None, ids: torch.Tensor | None, x: torch.Tensor):
     """(centroids [T, R, C, D], ids [T, R, S], T, C) with dummies when there are no stages."""
     if centroids is None or ids is None or centroids.shape[0] == 0:
@@ -271,6 +312,7 @@ def quantize(
     block_s: int = 64,
     num_warps: int = 8,
     exact: bool | None = None,
+    split_rot: bool | int | None = None,
 ) -> Quantized:
     """Fused subtract-centroids + rotate + choose scale + quantize + pack of QVG residuals.
 
@@ -283,6 +325,9 @@ def quantize(
     writes R*S*D*bits/8 codes + R*S*(D/G)*scale.itemsize (x2 with zeros) + 4R.
     exact: True = levels by IEEE division, False = counted against per-row thresholds (L <= 16),
     None = counted for L <= COUNT_LEVELS_UP_TO. Both give the same codes and scales (tested).
+    split_rot: rotate on bf16 tensor cores (`_split_dot`) instead of the fp32 FMA dot; None =
+    on CUDA with a tensor-core tile (block_s >= 16), the FMA dot under the interpreter; 2 = the
+    split with fp32 dots (how the CPU tests check the split itself).
     """
     r, s, d = x.shape
     g = spec.group_size
@@ -295,7 +340,9 @@ def quantize(
     grid = (r, triton.cdiv(s, block_s))
     # no fma contraction: each candidate's score is computed like torch's (separate multiply and
     # subtract, IEEE fp64), so near-equal candidates are ranked the same way
+    split = _split_rotation(x, block_s) if split_rot is None else split_rot
     common = dict(D=d, G=g, T=t, SYM=spec.symmetric, ROTATE=spec.rotate, BLOCK_S=block_s)
+    common["SPLIT_ROT"] = int(split) if spec.rotate else 0
     launch = dict(num_warps=num_warps, enable_fp_fusion=False)
     sos = None
     if fp8:

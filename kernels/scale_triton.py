@@ -103,10 +103,12 @@ def _threshold(s64, bnd_ptr, k, STRICT: tl.constexpr):
 
 
 @triton.jit
-def _levels(y, s, bnd_ptr, LEVELS: tl.constexpr, COUNT: tl.constexpr, STRICT: tl.constexpr):
+def _levels(y, s, bnd_ptr, LEVELS: tl.constexpr, COUNT: tl.constexpr, STRICT: tl.constexpr,
+            ZERO_MID: tl.constexpr = True):  # fmt: skip
     """groupquant_ref.quantize_sym as fp32 levels [BLOCK_S, G] of y, scales s [BLOCK_S] (0 ->
     the middle level): by thresholds (COUNT; STRICT: bit k-1 = strict_k of level_bounds) or by
-    IEEE division, the same levels either way."""
+    IEEE division, the same levels either way. ZERO_MID False leaves rows with s = 0 unfixed
+    (finite levels; for callers that multiply by s anyway)."""
     if COUNT:
         s64 = s.to(tl.float64)
         q = tl.zeros(y.shape, tl.float32)
@@ -117,15 +119,18 @@ def _levels(y, s, bnd_ptr, LEVELS: tl.constexpr, COUNT: tl.constexpr, STRICT: tl
         safe = tl.where(s > 0, s, 1.0)
         q = tl.floor(tl.math.div_rn(y, safe[:, None]) + LEVELS / 2)
         q = tl.minimum(tl.maximum(q, 0.0), LEVELS - 1.0)
-    return tl.where(s[:, None] > 0, q, LEVELS // 2)
+    if ZERO_MID:
+        q = tl.where(s[:, None] > 0, q, LEVELS // 2)
+    return q
 
 
 @triton.jit
 def _score(y, yq, w, s, bnd_ptr, LEVELS: tl.constexpr, COUNT: tl.constexpr, STRICT: tl.constexpr):
     """fp64 [BLOCK_S] ranking score of scales s (groupquant_ref.search_score): with c = 2q-(L-1)
     and s' = s*w, sum((yq - c*s'/2)^2) - sum(yq^2) = s'(s' sum(c^2) - 4 sum(yq*c)) / 4. Both sums
-    are of integers < 2^24 in fp32, exact in any order."""
-    c = 2.0 * _levels(y, s, bnd_ptr, LEVELS, COUNT, STRICT) - (LEVELS - 1.0)
+    are of integers < 2^24 in fp32, exact in any order. A row with s = 0 scores 0 whatever its
+    levels (s' = 0), so they are not fixed to the middle level here."""
+    c = 2.0 * _levels(y, s, bnd_ptr, LEVELS, COUNT, STRICT, False) - (LEVELS - 1.0)
     a = tl.sum(yq * c, axis=1).to(tl.float64)
     b = tl.sum(c * c, axis=1).to(tl.float64)
     sp = (s * w).to(tl.float64)

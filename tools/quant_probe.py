@@ -135,16 +135,18 @@ def time_quantize(preset: str, x: torch.Tensor) -> bool:
     cent = enc.tensors["centroids.0"].reshape(1, b * h, -1, d)
     ids = enc.tensors["ids.0"].reshape(1, b * h, s)
 
-    def product(q: QuantSpec, exact: bool | None = False):
-        return lambda: quant_triton.quantize(xr, cent, ids, q, exact=exact)
+    def product(q: QuantSpec, exact: bool | None = None, **kw):
+        return lambda: quant_triton.quantize(xr, cent, ids, q, exact=exact, **kw)
 
     runs = {
         "old kernel (16)": lambda: quant_variants.quantize_old(xr, cent, ids, qs),
-        "new, levels by division": product(qs, exact=True),
+        "default lane, FMA rotation": product(qs, split_rot=False),
+        "levels by division": product(qs, exact=True),
+        "levels counted": product(qs, exact=False),
     }
-    for k in STEPS:
-        tried = (qs.search_grid + k - 1) // k + (2 * k - 2 if k > 1 else 0)
-        runs[f"new step {k} (<= {tried} tried)"] = product(replace(qs, search_step=k))
+    for bs, nw in ((64, 4), (128, 8), (32, 4)):
+        runs[f"default lane, block {bs} w{nw}"] = product(qs, block_s=bs, num_warps=nw)
+    runs["default lane, split rotation"] = product(qs)
     runs["1 candidate"] = product(replace(qs, scale_search=False))
     print(f"\n{preset} quantize [{b * h}, {s}, {d}] (codes + scales + fp8 sos)")
     for name, fn in runs.items():
@@ -158,8 +160,13 @@ def check_quantize(qs: QuantSpec, xr, cent, ids) -> bool:
     exact = quant_triton.quantize(xr, cent, ids, qs, exact=True)
     same = torch.equal(got.codes, exact.codes) and torch.equal(got.scales, exact.scales)
     ok &= check("thresholds == division (codes, scales)", same)
+    fma = quant_triton.quantize(xr, cent, ids, qs, split_rot=False)
+    frac = float((got.codes != fma.codes).float().mean())
+    sos = float((got.scale_of_scales / fma.scale_of_scales - 1).abs().max())
+    ok &= check("split rotation vs FMA rotation", frac <= 1e-4 and sos <= 1e-6,
+                f"{frac:.2e} code bytes differ, sos rel {sos:.1e}")  # fmt: skip
     y = residual(xr, cent[0], ids[0], qs)
-    for k in STEPS:
+    for k in STEPS[:1]:
         q = replace(qs, search_step=k)
         got = quant_triton.quantize(xr, cent, ids, q)
         codes, _ = reference_codes(y, q)
@@ -183,7 +190,7 @@ def check_quantize(qs: QuantSpec, xr, cent, ids) -> bool:
 
 def time_encode(x: torch.Tensor) -> None:
     print("\nqvg_triton.encode qvg-int2, cold k-means")
-    for k in (1, 4):
+    for k in (1,):
         for iters in (1, 2):
             spec = get_spec("qvg-int2").with_kmeans(iters=iters).with_quant(search_step=k)
             ms = bench_ms(lambda spec=spec: qvg_triton.encode(x, spec))

@@ -138,7 +138,9 @@ def _quant_kernel_old(
     s_ok = offs_s < S
     sos = tl.load(sos_ptr + row) if HAS_SOS else 1.0
     for g in tl.static_range(NG):
-        y = _rotated(x_ptr, c_ptr, ids_ptr, h_ptr, row, R, S, C, offs_s, s_ok, g, D, G, T, ROTATE)
+        y = _rotated(
+            x_ptr, c_ptr, ids_ptr, h_ptr, row, R, S, C, offs_s, s_ok, g, D, G, T, ROTATE, 0
+        )
         s0 = tl.math.div_rn(tl.max(tl.abs(y), axis=1), (LEVELS - 1) / 2)
         st0, s_0 = _store_scale(s0 * tl.load(alpha_ptr), sos, HAS_SOS, MANT, EMIN)
         e = (tl.maximum(s0, s_0).to(tl.int32, bitcast=True) >> 23) & 0xFF
@@ -179,7 +181,19 @@ def quantize_old(x, centroids, ids, spec: QuantSpec, block_s=64, num_warps=8, ex
     if fp8:
         peak = torch.empty(r, grid[1], dtype=torch.float32, device=x.device)
         _peak_kernel[grid](
-            x, cen, idt, h, peak, r, s, c, LEVELS=spec.levels, SYM=True, **common, **launch
+            x,
+            cen,
+            idt,
+            h,
+            peak,
+            r,
+            s,
+            c,
+            LEVELS=spec.levels,
+            SYM=True,
+            SPLIT_ROT=0,
+            **common,
+            **launch,
         )
         m = peak.amax(-1)
         sos = torch.where(m > 0, m / gq.FP8_MAX, torch.ones_like(m))

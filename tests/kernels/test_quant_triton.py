@@ -181,3 +181,18 @@ def test_quantize_fast_search_equals_exact_and_is_config_independent(name):
         got = qt.quantize(x, cent, ids, spec, block_s=bs, num_warps=nw, exact=False)
         assert torch.equal(got.codes, want.codes)
         assert torch.equal(got.scales.float(), want.scales.float())
+
+
+@pytest.mark.parametrize("name", ["int2-rot-search", "int4-rot-search", "int2-g16-pro"])
+def test_split_rotation_equals_fma_rotation(name):
+    """The tensor-core rotation's split y = y1 + y2 + y3 (three bf16 parts, times the +-1
+    matrix) loses nothing: with its dots run in fp32 (split_rot=2, as the interpreter must),
+    codes and scales equal the FMA dot's. The bf16 tensor-core dots are the gpu lane's."""
+    spec = SPECS[name]
+    x, cent, ids = _stage(r=2, s=70, seed=5)
+    x[1, 3] *= 1e-20  # tiny residuals split into parts far below the first
+    want = qt.quantize(x, cent, ids, spec, split_rot=False)
+    got = qt.quantize(x, cent, ids, spec, split_rot=2)
+    assert (got.codes != want.codes).float().mean() <= 0.001
+    torch.testing.assert_close(got.scales.float(), want.scales.float(), rtol=0, atol=0)
+    torch.testing.assert_close(got.scale_of_scales, want.scale_of_scales, rtol=1e-6, atol=0)
