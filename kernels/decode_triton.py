@@ -90,6 +90,16 @@ def _fwht(x, BM: tl.constexpr, G: tl.constexpr, LOG_G: tl.constexpr):
 
 
 @triton.jit
+def _e4m3(b):
+    """fp32 value of non-negative e4m3fn bytes b (int32; scales are never negative):
+    normal (1 + m/8) * 2^(e - 7) as fp32 bits, subnormal m * 2^-9."""
+    e = (b >> 3) & 15
+    m = b & 7
+    normal = (((e + 120) << 23) | (m << 20)).to(tl.float32, bitcast=True)
+    return tl.where(e == 0, m.to(tl.float32) * 0.001953125, normal)
+
+
+@triton.jit
 def _decode_kernel(
     codes_ptr,
     scales_ptr,

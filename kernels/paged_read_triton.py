@@ -4,10 +4,11 @@ post-RoPE K and V straight into the varlen workspace. Contract and reference:
 `kernels.paged_read_ref` (this file computes the same function).
 
 Grid (pages * tiles per page, heads): one program = BLOCK_S tokens of one head of one page,
-K then V. The page's kind picks the branch at run time (a scalar `if`), so a batch mixing
-bf16 sinks, INT4 and INT2 spans costs one launch. QVG tiles reuse the decode kernel's
-unpack and register Hadamard (`decode_triton`); the e4m3 scale byte is decoded by bit
-arithmetic (exact, and the interpreter needs no fp8 dtype).
+K then V (`ReadVariant.PER_HEAD`; `SHARED`, in `kernels.paged_read_shared`, loops over the
+heads instead and builds each key tile's cos/sin once for all of them). The page's kind
+picks the branch at run time (a scalar `if`), so a batch mixing bf16 sinks, INT4 and INT2
+spans costs one launch. QVG tiles reuse the decode kernel's unpack, register Hadamard and
+e4m3 scale decode by bit arithmetic (`decode_triton`; exact, the interpreter needs no fp8).
 
 RoPE angles come from two-level float64-built tables (cos/sin of lo * w and of hi * 256 * w,
 recombined in fp32): exact to fp32 rounding for coordinates < 262,144, no per-element
@@ -18,17 +19,31 @@ and tables), 2 * pages * T * H * D * 2 bytes written.
 from __future__ import annotations
 
 import functools
+from enum import StrEnum
 
 import torch
 import triton
 import triton.language as tl
 
-from .decode_triton import _fwht, _unpack
+from .decode_triton import _e4m3, _fwht, _unpack
 from .paged_read_ref import HI_ROWS, LO_ROWS, AxialRope, PagedBatch, PageFormat
+from .paged_read_shared import _paged_read_shared_kernel, check_int32
 from .spec import Method, ScaleDtype
+
+
+class ReadVariant(StrEnum):
+    """How the read splits its work (same results; tools/read_sweep.py times them)."""
+
+    PER_HEAD = "per_head"
+    """Grid (pages * tiles, H): one program = BLOCK_S tokens of one head, K then V (this file)."""
+    SHARED = "shared"
+    """Grid (pages * tiles, 2): BLOCK_S tokens of every head, K or V; one cos/sin tile per
+    program for all heads (`kernels.paged_read_shared`)."""
+
 
 BLOCK_S = 16  # H200 sweep 2026-12-01 (81 frames, int2): 16 1.15 ms, 32 1.35, 64 1.80; 8 untried
 NUM_WARPS = 4
+VARIANT = ReadVariant.PER_HEAD
 
 
 @triton.jit
@@ -54,16 +69,6 @@ def _rope(y, p, c0, tab, axis_ptr, div0, div1, div2, mod0, mod1, mod2,
     cos = ch * cl - sh * sl
     sin = sh * cl + ch * sl
     return tl.reshape(tl.join(a * cos - b * sin, a * sin + b * cos), (R, W))
-
-
-@triton.jit
-def _e4m3(b):
-    """fp32 value of non-negative e4m3fn bytes b (int32; scales are never negative):
-    normal (1 + m/8) * 2^(e - 7) as fp32 bits, subnormal m * 2^-9."""
-    e = (b >> 3) & 15
-    m = b & 7
-    normal = (((e + 120) << 23) | (m << 20)).to(tl.float32, bitcast=True)
-    return tl.where(e == 0, m.to(tl.float32) * 0.001953125, normal)
 
 
 @triton.jit
@@ -223,10 +228,12 @@ def paged_read(
     rope: AxialRope | None,
     block_s: int | None = None,
     num_warps: int | None = None,
+    variant: ReadVariant | str | None = None,
 ) -> torch.Tensor:
     """Same contract as `paged_read_ref.paged_read_ref`: formats[0] must be bf16, formats[1:]
     at most two QVG formats; arena flat uint8 (16-byte aligned slices); ws [2, rows, H, D]
-    (bf16 or fp32, each half contiguous). Returns ws."""
+    (bf16 or fp32, each half contiguous). `variant` (default VARIANT), `block_s` (a power of
+    two) and `num_warps` change the speed, not the result. Returns ws."""
     if formats[0].spec.method is not Method.BF16 or not 1 <= len(formats) <= 3:
         raise ValueError("paged read: formats = [bf16, up to two QVG formats]")
     h, d = ws.shape[2:]
@@ -237,12 +244,19 @@ def paged_read(
     if pages == 0:
         return ws
     block_s, num_warps = block_s or BLOCK_S, num_warps or NUM_WARPS
+    if block_s < 1 or block_s & (block_s - 1):
+        raise ValueError(f"paged read: block_s = {block_s}, use a power of two")
+    variant = ReadVariant(variant or VARIANT)
+    if variant is ReadVariant.SHARED:
+        check_int32(t, block_s, h, d)
     unused = ((0,) * 6, dict(BITS=2, G=16, LG=4, ST=1, ROT=False))  # compiled out (NQ)
     qa = _qvg_args(formats[1]) if len(formats) > 1 else unused
     qb = _qvg_args(formats[2]) if len(formats) > 2 else unused
     tab, axis, (div, mod), nax = _rope_args(rope, d, str(arena.device))
     n_tiles = triton.cdiv(t, block_s)
-    _paged_read_kernel[(pages * n_tiles, h)](
+    shared = variant is ReadVariant.SHARED
+    kernel = _paged_read_shared_kernel if shared else _paged_read_kernel
+    kernel[(pages * n_tiles, 2 if shared else h)](
         arena, arena.view(torch.bfloat16), arena.view(torch.float32), ws, ws.stride(0),
         *batch, tab, axis, *div, *mod, layer, n_tiles, formats[0].slice_bytes // 16, *qa[0], *qb[0],
         T=t, H=h, D=d, DP=triton.next_power_of_2(d), BS=block_s, ROPE=rope is not None,
