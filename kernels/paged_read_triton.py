@@ -41,9 +41,13 @@ class ReadVariant(StrEnum):
     program for all heads (`kernels.paged_read_shared`)."""
 
 
-BLOCK_S = 16  # H200 sweep 2026-12-01 (81 frames, int2): 16 1.15 ms, 32 1.35, 64 1.80; 8 untried
+BLOCK_S = 16  # per_head, H200 sweep 2026-12-01 (81 frames, int2): 16 1.15 ms, 32 1.35, 64 1.80
 NUM_WARPS = 4
-VARIANT = ReadVariant.PER_HEAD
+SHARED_LAUNCH = (8, 4)
+"""(block_s, num_warps) of the shared variant: H200 sweep 2026-12-02 (tools/read_sweep.py, best
+or within a few % of it at 7/21/81 frames for bf16 and QVG pages; BENCHMARKS.md)."""
+VARIANT = ReadVariant.SHARED
+"""H200, 2026-12-02: 1.13-1.26x the per_head speed at 7 frames, 1.9-2.25x at 21 and 81."""
 
 
 @triton.jit
@@ -243,10 +247,11 @@ def paged_read(
     pages = batch.src.numel()
     if pages == 0:
         return ws
-    block_s, num_warps = block_s or BLOCK_S, num_warps or NUM_WARPS
+    variant = ReadVariant(variant or VARIANT)
+    bs0, nw0 = SHARED_LAUNCH if variant is ReadVariant.SHARED else (BLOCK_S, NUM_WARPS)
+    block_s, num_warps = block_s or bs0, num_warps or nw0
     if block_s < 1 or block_s & (block_s - 1):
         raise ValueError(f"paged read: block_s = {block_s}, use a power of two")
-    variant = ReadVariant(variant or VARIANT)
     if variant is ReadVariant.SHARED:
         check_int32(t, block_s, h, d)
     unused = ((0,) * 6, dict(BITS=2, G=16, LG=4, ST=1, ROT=False))  # compiled out (NQ)
