@@ -198,7 +198,9 @@ def update(
         num_stages=num_stages,
     )  # fmt: skip
     if not final:
-        _finish_kernel[(triton.cdiv(c, 32), r)](
-            sums, cnts, prev, out, counts, c, d, n_parts, BLOCK_C=32, BLOCK_D=bd
+        _finish_kernel[
+            (triton.cdiv(c, 16), r)
+        ](  # [16, D] tiles: R * C/16 programs stream the parts
+            sums, cnts, prev, out, counts, c, d, n_parts, BLOCK_C=16, BLOCK_D=bd
         )
     return out, counts

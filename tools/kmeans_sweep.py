@@ -83,11 +83,15 @@ def say(line: str) -> None:
     print(line, flush=True)
 
 
-def diff(got: torch.Tensor, want: torch.Tensor) -> str:
+def diff(got: torch.Tensor, want: torch.Tensor, verdict: bool = True) -> str:
+    """Max abs and max relative (to |want|, floored at 1e-3) differences, and OK / FAIL at the
+    fp32 test tolerance."""
     d = (got - want).abs()
     rel = float((d / want.abs().clamp(min=1e-3)).max())
-    ok = bool((d <= FP32_TOL + FP32_TOL * want.abs()).all())
-    return f"max abs {float(d.max()):.2e} rel {rel:.2e} {'OK' if ok else 'FAIL'}"
+    out = f"max abs {float(d.max()):.2e} rel {rel:.2e}"
+    if verdict:
+        out += " OK" if bool((d <= FP32_TOL + FP32_TOL * want.abs()).all()) else " FAIL"
+    return out
 
 
 def match(a: torch.Tensor, b: torch.Tensor) -> str:
@@ -148,6 +152,11 @@ def update(xr: torch.Tensor, ids: torch.Tensor, prev: torch.Tensor, rows12: bool
     for bc, bs, nw, st in UPDATE_CONFIGS if CUDA else ():
         ms = bench_ms(partial(kmeans_triton.update, xr, ids, prev, bc, bs, None, nw, st))
         say(f"    onehot bc={bc} bs={bs} w={nw} st={st}: {ms:.3f} ms")
+    default = kmeans_triton.update(xr, ids, prev)[0]
+    for parts in (1, 6, 44) if CUDA and rows12 else ():  # default: TARGET_PROGRAMS
+        run = partial(kmeans_triton.update, xr, ids, prev, parts=parts)
+        d = diff(run()[0], default, verdict=False)
+        say(f"    onehot parts={parts}: {bench_ms(run):.3f} ms (vs default parts: {d})")
 
 
 def encode(x: torch.Tensor, x2: torch.Tensor, c: int) -> None:
