@@ -160,12 +160,14 @@ def update(
     ids: torch.Tensor,
     prev: torch.Tensor,
     block_c: int = 128,
-    block_s: int = 64,
+    block_s: int = 32,
     parts: int | None = None,
-    num_warps: int = 8,
+    num_warps: int = 4,
     num_stages: int = 3,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Cluster means, as kmeans_ref.update.
+    """Cluster means, as kmeans_ref.update. Default launch: lent H200, 2026-12-02, C = 256
+    (tools/kmeans_sweep.py): 0.125 ms on [12, 37440, 128] bf16, 1.70 ms on [720, 9360, 128]
+    (the sort-based update: 0.266 / 2.22 ms; 128 tokens x 8 warps: 0.218 / 2.78).
 
     x: [R, S, D] fp32 / bf16 / fp16; ids: [R, S] integer in [0, C); prev: [R, C, D].
     Returns (centroids fp32 [R, C, D], counts fp32 [R, C]); empty clusters keep `prev`.
