@@ -22,22 +22,30 @@ from .spec import CodecSpec, Method, get_spec
 BACKENDS = ("auto", "reference", "triton")
 
 
-def check_input(x: torch.Tensor) -> None:
-    """Reject what no codec can store faithfully: wrong rank, non-float, NaN/Inf."""
+def check_input(x: torch.Tensor, finite: bool = True) -> None:
+    """Reject what no codec can store faithfully: wrong rank, non-float, NaN/Inf (`finite`
+    False leaves the NaN/Inf check, a host sync on GPU, to the caller: `finite_error`)."""
     if x.dim() != 4:
         raise ValueError(f"KV tensor must be [B, H, S, D], got shape {tuple(x.shape)}")
     if not x.is_floating_point():
         raise ValueError(f"KV tensor must be floating point, got {x.dtype}")
     if x.shape[2] == 0:
         raise ValueError("KV tensor has no tokens (S = 0)")
+    if finite and (err := finite_error(x)) is not None:
+        raise err
+
+
+def finite_error(x: torch.Tensor) -> ValueError | None:
+    """The error check_input raises for NaN/Inf in x, or None (syncs with x's stream)."""
     bad = ~torch.isfinite(x)
-    if bool(bad.any()):
-        n = int(bad.sum())
-        first = tuple(int(i) for i in bad.nonzero()[0])
-        raise ValueError(
-            f"KV tensor has {n} non-finite values (NaN/Inf), first at index {first}: "
-            "refusing to encode (decoded pages would silently hold NaNs)"
-        )
+    if not bool(bad.any()):
+        return None
+    n = int(bad.sum())
+    first = tuple(int(i) for i in bad.nonzero()[0])
+    return ValueError(
+        f"KV tensor has {n} non-finite values (NaN/Inf), first at index {first}: "
+        "refusing to encode (decoded pages would silently hold NaNs)"
+    )
 
 
 def _check_shape(x: torch.Tensor, spec: CodecSpec) -> None:
@@ -63,12 +71,15 @@ def encode(
     role: str = "k",
     warm_start: Encoded | None = None,
     backend: str = "auto",
+    check_finite: bool = True,
 ) -> Encoded:
-    """Encode one layer span x [B, H, S, D]; `warm_start` = the previous span's Encoded (QVG)."""
+    """Encode one layer span x [B, H, S, D]; `warm_start` = the previous span's Encoded (QVG).
+    check_finite False: the caller checks x for NaN/Inf itself (`finite_error`), e.g. once per
+    engine step instead of a host sync per call."""
     spec = get_spec(spec)
     if role not in ("k", "v"):
         raise ValueError(f"role {role!r}: use 'k' or 'v'")
-    check_input(x)
+    check_input(x, check_finite)
     _check_shape(x, spec)
     if spec.method is not Method.QVG:
         return baselines.encode(x, spec, role)

@@ -127,6 +127,7 @@ class KVPool:
         }
         self._views = {(t, f): self._layer_view(t, f) for t in self.arena for f in self.specs}
         self._last_span: dict[int, int] = {}  # stream -> its newest span (warm start)
+        self._checks: list[tuple[int, torch.Tensor]] = []  # deferred NaN/Inf checks (plan, ok)
 
     # -- raw bytes ---------------------------------------------------------------------------
 
@@ -160,17 +161,38 @@ class KVPool:
                 views[layer][0]["values"].copy_(k[layer, :, i * t : (i + 1) * t])
                 views[layer][1]["values"].copy_(v[layer, :, i * t : (i + 1) * t])
 
-    def execute(self, plan: Plan) -> None:
-        """Do the copying/encoding `plan` describes; the caller then commits (or aborts)."""
+    def execute(self, plan: Plan, defer_checks: bool = False) -> None:
+        """Do the copying/encoding `plan` describes; the caller then commits (or aborts).
+        defer_checks: an encode's NaN/Inf check is queued on the device (no host sync) and
+        raised by `finish_checks`, which the caller must run before committing."""
         if plan.kind == "move":
             for r in (*plan.relocations, *plan.codebook_moves):
                 self.item(r.dst).copy_(self.item(r.src), non_blocking=True)
             if self.device.type == "cuda":
                 torch.cuda.current_stream(self.device).synchronize()
             return
-        self._encode(plan)
+        self._encode(plan, defer_checks)
 
-    def _encode(self, plan: Plan) -> None:
+    def drop_checks(self) -> None:
+        """Forget deferred checks (their plans failed or were abandoned)."""
+        self._checks = []
+
+    def finish_checks(self) -> None:
+        """Raise the NaN/Inf error of a deferred encode check (one host sync for all of them,
+        on the current stream): the plan must not be committed."""
+        checks, self._checks = self._checks, []
+        if not checks:
+            return
+        ok = torch.stack([c for _, c in checks]).cpu().tolist()
+        for (plan_id, _), good in zip(checks, ok, strict=True):
+            if not good:
+                log.error("plan %d: its pages hold NaN/Inf; not encoded", plan_id)
+                raise ValueError(
+                    f"plan {plan_id}: KV pages hold non-finite values (NaN/Inf): "
+                    "refusing to encode (decoded pages would silently hold NaNs)"
+                )
+
+    def _encode(self, plan: Plan, defer_checks: bool = False) -> None:
         """Encode the plan's pages: K and V of many layers per codec call (one batch of
         2 * layers rows), then one copy per page and field into the destination items."""
         assert plan.fmt is not None
@@ -201,7 +223,12 @@ class KVPool:
             if warm is not None:
                 shape = (2 * (hi - lo), kv.heads, 0, kv.head_dim)
                 w = Encoded(warm[0], shape, "k", {n: v[rows] for n, v in warm[1].items()})
-            enc = codec.encode(x.flatten(0, 1), spec, role="k", warm_start=w, backend=self.backend)
+            if defer_checks:
+                self._checks.append((plan.id, torch.isfinite(x).all()))
+            enc = codec.encode(
+                x.flatten(0, 1), spec, role="k", warm_start=w, backend=self.backend,
+                check_finite=not defer_checks,
+            )  # fmt: skip
             for i, views in enumerate(dst):
                 for name, view in views.items():
                     view[rows].copy_(enc.tensors[name][:, :, i * t : (i + 1) * t])

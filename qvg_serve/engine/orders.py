@@ -7,12 +7,15 @@
                                                forward: they overlap the forward on the GPU
                     compute stream waits for the side stream, then the step's commits and
                     frames (so the next step, and any page a later plan frees, sees them done)
+                    one host sync on the side stream: the encodes' NaN/Inf checks, deferred
+                    (a bad plan raises before anything is committed)
 
 Why this is safe: a plan changes no page's location before `scheduler.update()` commits it,
 so the forward reads an encode's bf16 sources, never its destinations; the destinations are
 fresh items nobody reads before the commit; and the commit pass writes pages that were free
-when the step was scheduled, never a pending plan's sources. Each encode call still blocks the
-host for its input check, but by then the forward is already queued on the GPU.
+when the step was scheduled, never a pending plan's sources. The encodes' NaN/Inf checks are
+queued on the device and read once at the end (`KVPool.finish_checks`), so the host queues
+every encode back to back instead of waiting for each one's input check.
 
 Without CUDA, or with `EngineConfig.overlap_encodes` off, the same order runs on one stream
 (the bytes written are the same either way: tests/qvg_serve/test_engine.py).
@@ -62,14 +65,16 @@ class Orders:
                     side.wait_event(self._mark)
                 for order in orders:
                     try:
-                        self.pool.execute(order.plan)
+                        self.pool.execute(order.plan, defer_checks=True)
                         done.append(order.plan.id)
                     except torch.OutOfMemoryError:  # a codec temp did not fit now: retry
                         log.warning("plan %d (%s): device OOM, retried", order.plan.id,
                                     order.action)  # fmt: skip
                         failed.append(order.plan.id)
                     # anything else would fail again every step (a silent stall): propagates
+                self.pool.finish_checks()  # one host sync (this stream) for all encodes
         finally:
+            self.pool.drop_checks()
             if side is not None:
                 torch.cuda.current_stream(side.device).wait_stream(side)
         return done, failed

@@ -206,11 +206,11 @@ def test_plan_failures_retry_only_out_of_memory(monkeypatch):
         eng.submit(text(i), chunks=5, seed=i)
     real, calls = eng.pool.execute, []
 
-    def oom_once(plan):
+    def oom_once(plan, **kw):
         calls.append(plan.id)
         if len(calls) == 1:
             raise torch.OutOfMemoryError("injected")
-        real(plan)
+        real(plan, **kw)
 
     monkeypatch.setattr(eng.pool, "execute", oom_once)
     ends: dict[int, str] = {}
@@ -224,7 +224,7 @@ def test_plan_failures_retry_only_out_of_memory(monkeypatch):
     for i in range(2):
         eng.submit(text(i), chunks=5, seed=i)
 
-    def broken(plan):
+    def broken(plan, **kw):
         raise ValueError("injected bug")
 
     monkeypatch.setattr(eng.pool, "execute", broken)

@@ -220,3 +220,28 @@ def test_freed_warm_start_span_is_logged_and_encodes_cold(caplog):
     alloc.commit(plan)
     assert "no warm start" in caplog.text and "encoding cold" in caplog.text
     pool.check_invariants()
+
+
+@pytest.mark.parametrize("deferred", [False, True])
+def test_encode_of_nan_pages_is_refused_before_commit(deferred):
+    """NaN K/V never reach a committed QVG page: execute raises at once, or (deferred, as the
+    engine's Orders run it: one host sync per step) finish_checks raises for that plan, and
+    the allocator still holds the bf16 pages."""
+    from types import SimpleNamespace
+
+    from qvg_serve.engine.orders import Orders
+
+    pool, alloc = make_pool()
+    pages = alloc.allocate(1, "bf16", 2)
+    k, v = chunk(2, 0)
+    k[1, 0, 5, 3] = float("nan")
+    pool.write_pages(pages, k, v)
+    plan = alloc.begin_encode(1, pages, "qvg-int2")
+    with pytest.raises(ValueError, match="non-finite"):
+        if deferred:
+            Orders(pool, torch.device("cpu"), overlap=True).run([SimpleNamespace(plan=plan)])
+        else:
+            pool.execute(plan)
+    alloc.abort(plan)
+    assert [alloc.location(p).fmt for p in pages] == ["bf16", "bf16"]
+    pool.finish_checks()  # nothing left over from the failed run

@@ -55,7 +55,7 @@ for (const t of document.querySelectorAll('.tile')) {
 return split;"""
 SCENES = ("camera panning left over the cat", "camera zooming in over the rocket",
           "camera panning up over the coffee")  # fmt: skip
-LOCAL_SCHEMES = ("data", "blob", "about", "chrome", "devtools")
+LOCAL_SCHEMES = ("data", "blob", "about", "chrome", "chrome-untrusted", "devtools")  # own pages
 
 
 @pytest.fixture(scope="module")
