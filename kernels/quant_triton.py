@@ -28,6 +28,7 @@ import triton.language as tl
 
 from .groupquant_ref import FP8_MAX, search_alphas, search_bits
 from .hadamard import hadamard
+from .kmeans_update_triton import dot16, split3
 from .scale_triton import (
     FORMAT,
     MAX_COUNTED_LEVELS,
@@ -108,33 +109,29 @@ def _rotated(
     if ROTATE:
         h = tl.load(h_ptr + tl.arange(0, G)[:, None] * G + tl.arange(0, G)[None, :])
         if SPLIT_ROT:
-            y = _split_dot(y, h, G, SPLIT_ROT == 2)
+            y = _split_dot(y, h, G, SPLIT_ROT == 1)
         else:
             y = tl.dot(y, h, input_precision="ieee")
     return y
 
 
 @triton.jit
-def _split_dot(y, h, G: tl.constexpr, UPCAST: tl.constexpr):
-    """y @ h for the orthonormal Hadamard h on bf16 tensor cores, exact products: y = y1 + y2 +
-    y3 with each part a bf16 (8 + 8 + 8 significant bits cover fp32's 24), times the +-1
-    Sylvester matrix (exact in bf16), accumulated in fp32 smallest part first, then scaled by
-    1/sqrt(G). Only the fp32 accumulation rounds, as in the ieee dot (in another order).
-    UPCAST: the same parts in fp32 ieee dots (the interpreter has no bf16 dot; tests the split)."""
+def _split_dot(y, h, G: tl.constexpr, TC: tl.constexpr):
+    """y @ h for the orthonormal Hadamard h on bf16 tensor cores, exact products: y = hi + mid
+    + lo, each a bf16 (8 + 8 + 8 significant bits cover fp32's 24), times the +-1 Sylvester
+    matrix (exact in bf16), accumulated in fp32 smallest part first, then scaled by 1/sqrt(G).
+    Only the fp32 accumulation rounds, as in the ieee dot (in another order).
+    TC off: the same parts in fp32 ieee dots (the interpreter has no bf16 dot; tests the split)."""
     pm = tl.where(h > 0, 1.0, -1.0).to(tl.bfloat16)
-    y1 = y.to(tl.bfloat16)
-    e1 = y - y1.to(tl.float32)
-    y2 = e1.to(tl.bfloat16)
-    y3 = (e1 - y2.to(tl.float32)).to(tl.bfloat16)
-    if UPCAST:
-        p32 = pm.to(tl.float32)
-        acc = tl.dot(y3.to(tl.float32), p32, input_precision="ieee")
-        acc = tl.dot(y2.to(tl.float32), p32, acc, input_precision="ieee")
-        acc = tl.dot(y1.to(tl.float32), p32, acc, input_precision="ieee")
+    hi, mid, lo = split3(y)
+    if TC:  # (the PTX timed on the H200, 2026-12-02)
+        acc = tl.dot(lo, pm)
+        acc = tl.dot(mid, pm, acc)
+        acc = tl.dot(hi, pm, acc)
     else:
-        acc = tl.dot(y3, pm)
-        acc = tl.dot(y2, pm, acc)
-        acc = tl.dot(y1, pm, acc)
+        acc = dot16(lo, pm, tl.zeros(y.shape, tl.float32), False)
+        acc = dot16(mid, pm, acc, False)
+        acc = dot16(hi, pm, acc, False)
     return acc * tl.max(tl.max(h, axis=1), axis=0)  # h's positive entry: fp32(1/sqrt(G))
 
 
