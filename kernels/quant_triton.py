@@ -47,6 +47,13 @@ counted vs 2.20 by division (old kernel 2.83); qvg-int4 4.81 counted vs 2.21 by 
 3.78). BENCHMARKS.md, "Quantize scale search"."""
 
 
+PAIR_SCORE = False
+"""Default of quantize's pair_score. Off until timed on a GPU: compiled for sm_90 (128 x 8
+warps, the INT2 default) its candidate loop is 384 SASS instructions per thread instead of 521,
+at 246 registers instead of 242 and no spills (static counts from nvdisasm / cuobjdump,
+2026-12-02); no device time was left to time it. `tools/quant_probe.py time` has the row."""
+
+
 class Quantized(NamedTuple):
     codes: torch.Tensor  # uint8 [R, S, D*bits/8]
     scales: torch.Tensor  # scale dtype [R, S, D/G]
@@ -319,6 +326,7 @@ def quantize(
     num_warps: int | None = None,
     exact: bool | None = None,
     split_rot: bool | int | None = None,
+    pair_score: bool | None = None,
 ) -> Quantized:
     """Fused subtract-centroids + rotate + choose scale + quantize + pack of QVG residuals.
 
@@ -334,6 +342,8 @@ def quantize(
     split_rot: rotate on bf16 tensor cores (`_split_dot`) instead of the fp32 FMA dot; None =
     on CUDA with a tensor-core tile (block_s >= 16), the FMA dot under the interpreter; 2 = the
     split with fp32 dots (how the CPU tests check the split itself).
+    pair_score: INT2's counted search scores each candidate from its outer two thresholds
+    (`scale_triton._pair_sums`: same scores, fewer operations per value); None = PAIR_SCORE.
     """
     r, s, d = x.shape
     g = spec.group_size
@@ -365,6 +375,8 @@ def quantize(
     mant, emin = FORMAT[spec.scale_dtype]
     exact = spec.levels > COUNT_LEVELS_UP_TO if exact is None else exact
     count = spec.symmetric and spec.levels <= MAX_COUNTED_LEVELS and not exact
+    pair = PAIR_SCORE if pair_score is None else pair_score
+    pair = count and pair and spec.levels == 4 and search_bits(spec) <= 20
     bnd, strict = _bounds(spec.levels, x.device) if count else (h, 0)
     _quant_kernel[grid](
         x,
@@ -385,7 +397,7 @@ def quantize(
         HAS_SOS=fp8,
         MANT=mant,
         EMIN=emin,
-        COUNT=count,
+        COUNT=2 if pair else int(count),
         STRICT=strict,
         F=search_bits(spec),
         STEP=spec.search_step,

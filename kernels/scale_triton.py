@@ -125,25 +125,54 @@ def _levels(y, s, bnd_ptr, LEVELS: tl.constexpr, COUNT: tl.constexpr, STRICT: tl
 
 
 @triton.jit
-def _score(y, yq, w, s, bnd_ptr, LEVELS: tl.constexpr, COUNT: tl.constexpr, STRICT: tl.constexpr):
+def _score(y, yq, w, s, bnd_ptr, K, LEVELS: tl.constexpr, COUNT: tl.constexpr,
+           STRICT: tl.constexpr):  # fmt: skip
     """fp64 [BLOCK_S] ranking score of scales s (groupquant_ref.search_score): with c = 2q-(L-1)
     and s' = s*w, sum((yq - c*s'/2)^2) - sum(yq^2) = s'(s' sum(c^2) - 4 sum(yq*c)) / 4. Both sums
     are of integers < 2^24 in fp32, exact in any order. A row with s = 0 scores 0 whatever its
-    levels (s' = 0), so they are not fixed to the middle level here."""
-    c = 2.0 * _levels(y, s, bnd_ptr, LEVELS, COUNT, STRICT, False) - (LEVELS - 1.0)
-    a = tl.sum(yq * c, axis=1).to(tl.float64)
-    b = tl.sum(c * c, axis=1).to(tl.float64)
+    levels (s' = 0), so they are not fixed to the middle level here. COUNT == 2: `_pair_sums`."""
+    if COUNT == 2:
+        a, b = _pair_sums(y, yq, s, bnd_ptr, K, STRICT)
+    else:
+        c = 2.0 * _levels(y, s, bnd_ptr, LEVELS, COUNT, STRICT, False) - (LEVELS - 1.0)
+        a = tl.sum(yq * c, axis=1).to(tl.float64)
+        b = tl.sum(c * c, axis=1).to(tl.float64)
     sp = (s * w).to(tl.float64)
     return sp * (sp * b - 4.0 * a)
 
 
 @triton.jit
-def _try(b_sc, b_i, b_st, b_s, i, ok, y, yq, w, s0, alpha_ptr, sos, bnd_ptr, HAS_SOS, MANT, EMIN,
-         LEVELS, COUNT, STRICT):  # fmt: skip
+def _pair_sums(y, yq, s, bnd_ptr, K, STRICT: tl.constexpr):
+    """INT2's (sum(yq*c), sum(c^2)) from the outer thresholds only, equal to the full count's:
+    with f_k = [y >= T_k], q = f1 + f2 + f3 and c = 2q - 3,
+        sum(c^2)  = 9G + 8 sum(f3 - f1)              (c^2 = 9 exactly where f1 = 0 or f3 = 1)
+        sum(yq*c) = 2 sum(yq (f1 + f3)) + K,   K = sum(yq (2 [y >= 0] - 3)) per row (`_pair_k`)
+    f2 = [y >= 0] except for y in [T2, 0), |y| <= 2^-23 s, where yq = rint(y w) = 0 whenever
+    F <= 20 (|y w| < 2^(F - 22); s < 2^(E+1) after fp8 rounding), so those terms are 0 either
+    way. Sums of integers below 2^24 (fp32-exact); a = 2A + K in fp64."""
+    s64 = s.to(tl.float64)
+    t1 = _threshold(s64, bnd_ptr, 0, STRICT & 1)
+    t3 = _threshold(s64, bnd_ptr, 2, (STRICT >> 2) & 1)
+    f1 = tl.where(y >= t1[:, None], 1.0, 0.0)
+    f3 = tl.where(y >= t3[:, None], 1.0, 0.0)
+    a = 2.0 * tl.sum(yq * (f1 + f3), axis=1).to(tl.float64) + K
+    b = 9.0 * y.shape[1] + 8.0 * tl.sum(f3 - f1, axis=1).to(tl.float64)
+    return a, b
+
+
+@triton.jit
+def _pair_k(y, yq):
+    """fp64 [BLOCK_S]: the candidate-free part of `_pair_sums`' sum(yq*c)."""
+    return tl.sum(yq * tl.where(y >= 0.0, -1.0, -3.0), axis=1).to(tl.float64)
+
+
+@triton.jit
+def _try(b_sc, b_i, b_st, b_s, i, ok, y, yq, w, s0, alpha_ptr, sos, bnd_ptr, K, HAS_SOS, MANT,
+         EMIN, LEVELS, COUNT, STRICT):  # fmt: skip
     """Evaluate candidate i (scalar or per-row int32, valid where `ok`) against the running
     best (score, index, stored, fp32 scale): a smaller score wins, the smaller index on ties."""
     st, s = _store_scale(s0 * tl.load(alpha_ptr + i), sos, HAS_SOS, MANT, EMIN)
-    sc = _score(y, yq, w, s, bnd_ptr, LEVELS, COUNT, STRICT)
+    sc = _score(y, yq, w, s, bnd_ptr, K, LEVELS, COUNT, STRICT)
     win = ok & ((sc < b_sc) | ((sc == b_sc) & (i < b_i)))
     return (
         tl.where(win, sc, b_sc),
@@ -173,18 +202,23 @@ def _search(
     """Least-score candidate scale of each row of y [BLOCK_S, G]: (stored, fp32 value), as
     groupquant_ref.choose_qparams. yq = rint(y * w), w = 2^(F - E) with max|y| < 2^E, so
     |yq| <= 2^F. STEP 1: every candidate in order; STEP k: candidates 0, k, 2k, ..., then the
-    k-1 on each side of the best of those."""
+    k-1 on each side of the best of those. COUNT 2 (INT2 only): scores from the outer two
+    thresholds (`_pair_sums`), the same scores."""
     amax = tl.max(tl.abs(y), axis=1)
     e = tl.maximum(((amax.to(tl.int32, bitcast=True) >> 23) & 0xFF) - 126, F - 126)
     w = ((127 + F - e) << 23).to(tl.float32, bitcast=True)
     yq = (y * w[:, None] + 12582912.0) - 12582912.0  # 1.5*2^23: rint, ties to even
+    if COUNT == 2:
+        K = _pair_k(y, yq)
+    else:
+        K = tl.zeros((y.shape[0],), tl.float64)
     always = tl.full((y.shape[0],), 1, tl.int1)
     sc = tl.full((y.shape[0],), float("inf"), tl.float64)
     bi = tl.full((y.shape[0],), N_ALPHA, tl.int32)
     bst, bs = s0, s0
     for i in range(0, N_ALPHA, STEP):
         sc, bi, bst, bs = _try(sc, bi, bst, bs, i, always, y, yq, w, s0, alpha_ptr, sos, bnd_ptr,
-                               HAS_SOS, MANT, EMIN, LEVELS, COUNT, STRICT)  # fmt: skip
+                               K, HAS_SOS, MANT, EMIN, LEVELS, COUNT, STRICT)  # fmt: skip
     if STEP > 1:
         centre = bi
         for d in tl.static_range(1 - STEP, STEP):
@@ -193,6 +227,6 @@ def _search(
                 ok = (i >= 0) & (i < N_ALPHA)
                 i = tl.minimum(tl.maximum(i, 0), N_ALPHA - 1)
                 sc, bi, bst, bs = _try(sc, bi, bst, bs, i, ok, y, yq, w, s0, alpha_ptr, sos,
-                                       bnd_ptr, HAS_SOS, MANT, EMIN, LEVELS, COUNT,
+                                       bnd_ptr, K, HAS_SOS, MANT, EMIN, LEVELS, COUNT,
                                        STRICT)  # fmt: skip
     return bst, bs

@@ -147,6 +147,8 @@ def time_quantize(preset: str, x: torch.Tensor) -> bool:
     for bs, nw in ((64, 4), (128, 8), (32, 4)):
         runs[f"default lane, block {bs} w{nw}"] = product(qs, block_s=bs, num_warps=nw)
     runs["default lane, split rotation"] = product(qs)
+    if qs.levels == 4:
+        runs["counted, pair scores"] = product(qs, exact=False, pair_score=True)
     runs["1 candidate"] = product(replace(qs, scale_search=False))
     print(f"\n{preset} quantize [{b * h}, {s}, {d}] (codes + scales + fp8 sos)")
     for name, fn in runs.items():
@@ -160,6 +162,10 @@ def check_quantize(qs: QuantSpec, xr, cent, ids) -> bool:
     exact = quant_triton.quantize(xr, cent, ids, qs, exact=True)
     same = torch.equal(got.codes, exact.codes) and torch.equal(got.scales, exact.scales)
     ok &= check("thresholds == division (codes, scales)", same)
+    if qs.levels == 4:
+        pair = quant_triton.quantize(xr, cent, ids, qs, exact=False, pair_score=True)
+        same = torch.equal(got.codes, pair.codes) and torch.equal(got.scales, pair.scales)
+        ok &= check("pair scores == full count (codes, scales)", same)
     fma = quant_triton.quantize(xr, cent, ids, qs, split_rot=False)
     frac = float((got.codes != fma.codes).float().mean())
     sos = float((got.scale_of_scales / fma.scale_of_scales - 1).abs().max())

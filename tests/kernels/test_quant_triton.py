@@ -196,3 +196,43 @@ def test_split_rotation_equals_fma_rotation(name):
     assert (got.codes != want.codes).float().mean() <= 0.001
     torch.testing.assert_close(got.scales.float(), want.scales.float(), rtol=0, atol=0)
     torch.testing.assert_close(got.scale_of_scales, want.scale_of_scales, rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("name", ["int2-search", "int2-rot-search", "int2-g16-pro", "int2-fp16"])
+def test_pair_scores_equal_the_full_count(name):
+    """INT2's outer-threshold scores (pair_score) rank like the three-threshold count: same
+    codes and scales, bit for bit, including values in the middle threshold's ambiguous zone
+    just below zero, exact zeros, -0.0 and tiny groups."""
+    spec = SPECS[name]
+    x, cent, ids = _stage(r=2, s=70, seed=7)
+    idx = ids[0].long()[..., None].expand(-1, -1, x.shape[-1])
+    base = torch.gather(cent[0].float(), 1, idx)
+    x[0, :4] = base[0, :4]  # residual exactly 0
+    x[0, 4:8] = base[0, 4:8] - 1e-9 * base[0, 4:8].abs().amax()  # just below 0, after the stage
+    x[1, 2] = base[1, 2] - 0.0  # -0.0 where the centroid is 0 are kept by the subtraction
+    x[1, 5] = base[1, 5] + 1e-30
+    x[1, 9:12] = base[1, 9:12] + torch.randn(3, x.shape[-1]) * 1e-7
+    want = qt.quantize(x, cent, ids, spec, exact=False, pair_score=False)
+    got = qt.quantize(x, cent, ids, spec, exact=False, pair_score=True)
+    assert torch.equal(got.codes, want.codes)
+    assert torch.equal(got.scales.float(), want.scales.float())
+    if not spec.rotate:
+        codes, qp = _reference(x, cent, ids, spec)
+        assert torch.equal(got.codes, codes)
+
+
+def test_pair_scores_in_the_middle_thresholds_ambiguous_zone():
+    """Values in [T2(s), 0) (|y| <= 2^-23 s: the middle threshold sits just below zero) are where
+    [y >= 0] and the exact count disagree; their fixed-point yq is 0, so scores still agree."""
+    spec = SPECS["int2-search"]
+    g = torch.Generator().manual_seed(11)
+    x = torch.randn(1, 64, 64, generator=g)
+    amax = x.abs().amax(-1, keepdim=True)
+    for j, f in enumerate((2.0**-24, 2.0**-25, 2.0**-26, 2.0**-30, 0.0)):
+        x[0, 10 * j : 10 * j + 10, 7] = -f * amax[0, 10 * j : 10 * j + 10, 0]
+    x[0, 60:, 5] = -0.0
+    want = qt.quantize(x, None, None, spec, exact=False, pair_score=False)
+    got = qt.quantize(x, None, None, spec, exact=False, pair_score=True)
+    codes, qp = _reference(x, None, None, spec)
+    assert torch.equal(want.codes, codes)
+    assert torch.equal(got.codes, codes) and torch.equal(got.scales.float(), qp.scales.float())
