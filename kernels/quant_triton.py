@@ -28,7 +28,7 @@ import triton.language as tl
 
 from .groupquant_ref import FP8_MAX, search_alphas, search_bits
 from .hadamard import hadamard
-from .kmeans_update_triton import dot16, split3
+from .hadamard_triton import split_dot
 from .scale_triton import (
     FORMAT,
     MAX_COUNTED_LEVELS,
@@ -116,30 +116,10 @@ def _rotated(
     if ROTATE:
         h = tl.load(h_ptr + tl.arange(0, G)[:, None] * G + tl.arange(0, G)[None, :])
         if SPLIT_ROT:
-            y = _split_dot(y, h, G, SPLIT_ROT == 1)
+            y = split_dot(y, h, G, SPLIT_ROT == 1)
         else:
             y = tl.dot(y, h, input_precision="ieee")
     return y
-
-
-@triton.jit
-def _split_dot(y, h, G: tl.constexpr, TC: tl.constexpr):
-    """y @ h for the orthonormal Hadamard h on bf16 tensor cores, exact products: y = hi + mid
-    + lo, each a bf16 (8 + 8 + 8 significant bits cover fp32's 24), times the +-1 Sylvester
-    matrix (exact in bf16), accumulated in fp32 smallest part first, then scaled by 1/sqrt(G).
-    Only the fp32 accumulation rounds, as in the ieee dot (in another order).
-    TC off: the same parts in fp32 ieee dots (the interpreter has no bf16 dot; tests the split)."""
-    pm = tl.where(h > 0, 1.0, -1.0).to(tl.bfloat16)
-    hi, mid, lo = split3(y)
-    if TC:  # (the PTX timed on the H200, 2026-12-02)
-        acc = tl.dot(lo, pm)
-        acc = tl.dot(mid, pm, acc)
-        acc = tl.dot(hi, pm, acc)
-    else:
-        acc = dot16(lo, pm, tl.zeros(y.shape, tl.float32), False)
-        acc = dot16(mid, pm, acc, False)
-        acc = dot16(hi, pm, acc, False)
-    return acc * tl.max(tl.max(h, axis=1), axis=0)  # h's positive entry: fp32(1/sqrt(G))
 
 
 @triton.jit
@@ -339,9 +319,9 @@ def quantize(
     writes R*S*D*bits/8 codes + R*S*(D/G)*scale.itemsize (x2 with zeros) + 4R.
     exact: True = levels by IEEE division, False = counted against per-row thresholds (L <= 16),
     None = counted for L <= COUNT_LEVELS_UP_TO. Both give the same codes and scales (tested).
-    split_rot: rotate on bf16 tensor cores (`_split_dot`) instead of the fp32 FMA dot; None =
-    on CUDA with a tensor-core tile (block_s >= 16), the FMA dot under the interpreter; 2 = the
-    split with fp32 dots (how the CPU tests check the split itself).
+    split_rot: rotate on bf16 tensor cores (`hadamard_triton.split_dot`), not the fp32 FMA
+    dot; None = on CUDA with a tensor-core tile (block_s >= 16), the FMA dot under the
+    interpreter; 2 = the split with fp32 dots (how the CPU tests check the split itself).
     pair_score: INT2's counted search scores each candidate from its outer two thresholds
     (`scale_triton._pair_sums`: same scores, fewer operations per value); None = PAIR_SCORE.
     """
