@@ -224,7 +224,7 @@ class KVPool:
                 shape = (2 * (hi - lo), kv.heads, 0, kv.head_dim)
                 w = Encoded(warm[0], shape, "k", {n: v[rows] for n, v in warm[1].items()})
             if defer_checks:
-                self._checks.append((plan.id, torch.isfinite(x).all()))
+                self._checks.append((plan.id, codec.all_finite(x)))
             enc = codec.encode(
                 x.flatten(0, 1), spec, role="k", warm_start=w, backend=self.backend,
                 check_finite=not defer_checks,

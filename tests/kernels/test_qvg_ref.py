@@ -103,9 +103,10 @@ def test_huge_values():
     assert (x - xh).square().sum() / x.square().sum() < 0.05
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
-def test_non_finite_input_is_refused(bad):
-    x = _x(s=16, d=64)
+def test_non_finite_input_is_refused(bad, dtype):
+    x = _x(s=16, d=64).to(dtype)
     x[0, 1, 5, 7] = bad
     with pytest.raises(ValueError, match=r"non-finite.*\(0, 1, 5, 7\)"):
         codec.encode(x, "qvg-int2")
