@@ -36,7 +36,7 @@ def check_input(x: torch.Tensor, finite: bool = True) -> None:
 
 
 def all_finite(x: torch.Tensor) -> torch.Tensor:
-    """0-dim bool on x's device: no NaN/Inf in x (non-empty). One min/max pass (NaN propagates
+    """0-dim bool on x's device: no NaN/Inf in x. One min/max pass (NaN propagates
     through both; empty x is finite): 23-97x faster than isfinite + any on a [2, 12, 9360, 128]
     bf16 tensor on this project's 2-core CPU machine (2026-12-02, two runs)."""
     if x.numel() == 0:
