@@ -7,11 +7,11 @@ Shapes: x [R, S, D] (R = batch*heads rows, fp32 / bf16 / fp16), centroids [R, C,
              element by element), used to remap the winner so exact duplicates tie low.
     assign:  one program per (block of BLOCK_S tokens, row); loops over blocks of BLOCK_C
              centroids, dist = ||c||^2 - 2 x.c in fp32, running argmin (ties to the lowest
-             index, like torch.argmin). fp32 centroids: tl.dot on fp32 operands (tf32x3 on GPU,
-             ieee on CPU; or bf16x3, opt-in: bf16 x, each centroid split exactly into three bf16
-             parts). x and centroids in the same 16-bit dtype (the final assignment with stored
-             bf16 centroids): one 16-bit tensor-core dot, x's tile loaded once; products of
-             16-bit values are exact in fp32 and the sums are fp32.
+             index, like torch.argmin). fp32 centroids: bf16x3 for bf16 x on GPU (each centroid
+             split exactly into three bf16 parts, three dots), else tl.dot on fp32 operands
+             (tf32x3 on GPU, ieee on CPU). x and centroids in the same 16-bit dtype (the final
+             assignment with stored bf16 centroids): one 16-bit tensor-core dot, x's tile loaded
+             once; products of 16-bit values are exact in fp32 and the sums are fp32.
     update:  one-hot segmented sum (kmeans_update_triton): onehot[C, S] @ x on tensor cores in a
              fixed order, so the same span gives the same centroids (and codes) run to run.
 """
