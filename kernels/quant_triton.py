@@ -47,11 +47,12 @@ counted vs 2.20 by division (old kernel 2.83); qvg-int4 4.81 counted vs 2.21 by 
 3.78). BENCHMARKS.md, "Quantize scale search"."""
 
 
-PAIR_SCORE = False
-"""Default of quantize's pair_score. Off until timed on a GPU: compiled for sm_90 (128 x 8
-warps, the INT2 default) its candidate loop is 384 SASS instructions per thread instead of 521,
-at 246 registers instead of 242 and no spills (static counts from nvdisasm / cuobjdump,
-2026-12-02); no device time was left to time it. `tools/quant_probe.py time` has the row."""
+PAIR_SCORE = True
+"""Default of quantize's pair_score (INT2: candidates scored from the outer two thresholds,
+the same scores; bit-exact against the full count in tests). Lent H200, 2026-12-02,
+[12, 37440, 128]: quantize 0.94 ms (`tools/quant_probe.py time`); `bench codec` qvg-int2@2it
+encode 2.81 / 3.05 ms with it against 3.12 / 3.18 without (two runs each, one call), the same
+errors. BENCHMARKS.md, "Sixth session"."""
 
 
 class Quantized(NamedTuple):

@@ -112,6 +112,19 @@ def test_non_finite_input_is_refused(bad, dtype):
         codec.encode(x, "qvg-int2")
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_input_is_refused_on_cuda_after_the_encode_is_queued(bad):
+    """On CUDA the verdict is read after the Triton encode is queued: the same refusal."""
+    x = _x(s=256).to("cuda", torch.bfloat16)
+    x[0, 1, 5, 7] = bad
+    with pytest.raises(ValueError, match=r"non-finite.*\(0, 1, 5, 7\)"):
+        codec.encode(x, "qvg-int2")
+    x[0, 1, 5, 7] = 0.0
+    assert codec.encode(x, "qvg-int2").shape == tuple(x.shape)
+
+
 def test_deterministic_codes_for_fixed_seed():
     x = _x(s=200)
     a, b = codec.encode(x, _spec()), codec.encode(x, _spec())
