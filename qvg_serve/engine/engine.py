@@ -254,7 +254,28 @@ class Engine:
             entries.append(entry)
         ctx = PagedContext(self.pool, self.ws, self.model.rope, entries)
         with torch.no_grad():
-            return ctx, self.model.forward(inputs, ctx)
+            flows = self.model.forward(inputs, ctx)
+            if self.mc.guidance != 1.0:
+                flows = self._guide(batch, inputs, entries, flows)
+        return ctx, flows
+
+    def _guide(self, batch, inputs, entries, flows) -> list[torch.Tensor]:
+        """Classifier-free guidance: the denoising entries once more with the empty text,
+        over the same history (the workspace is reused; nothing is captured), and each
+        flow replaced by `sampler.guided`."""
+        idx = [i for i, item in enumerate(batch) if item.kind == DENOISE]
+        if not idx:
+            return flows
+        empty = sampler.null_text(self.mc.text_dim, self.device).to(self._dtype())
+        uncond_in = [inputs[i]._replace(text=empty) for i in idx]
+        uncond_ctx = PagedContext(
+            self.pool, self.ws, self.model.rope, [entries[i]._replace(capture=False) for i in idx]
+        )
+        uncond = self.model.forward(uncond_in, uncond_ctx)
+        flows = list(flows)
+        for i, u in zip(idx, uncond, strict=True):
+            flows[i] = sampler.guided(flows[i], u, self.mc.guidance)
+        return flows
 
     def _finish(self, batch, ctx: PagedContext, flows) -> tuple[list[int], list[tuple[int, Chunk]]]:
         chunks = []

@@ -54,6 +54,18 @@ class StreamNoise:
         return torch.randn(self.shape, generator=self.gen).to(device=device, dtype=dtype)
 
 
+def guided(cond: torch.Tensor, uncond: torch.Tensor, scale: float) -> torch.Tensor:
+    """Classifier-free guidance of a flow: uncond + scale * (cond - uncond), in fp32."""
+    u = uncond.float()
+    return (u + scale * (cond.float() - u)).to(cond.dtype)
+
+
+def null_text(text_dim: int, device=None) -> torch.Tensor:
+    """The empty prompt [0, text_dim]: the model pads it to all zeros (its unconditional
+    input, as text dropout trained it)."""
+    return torch.zeros(0, text_dim, device=device)
+
+
 def start(noise: StreamNoise, device, dtype) -> torch.Tensor:
     """x at the first timestep: pure noise (the sampler's first sigma is 1 at t = 1000)."""
     return noise.draw(device, dtype)

@@ -64,10 +64,22 @@ class ModelConfig:
     """LayerNorm / RMSNorm epsilon."""
     frames_per_latent: int = 4
     """Video frames one latent frame decodes to (Wan's VAE: 4; a pixel-space model: 1)."""
+    frame_pos_embedding: bool = False
+    """A learned vector per token place in a frame (rows x cols), added after the patch
+    embedding: absolute position in the frame, which RoPE (relative) does not give. Wan2.1
+    has none; the tiny preset has one: it draws a caption's fixed first pose from noise, and
+    drawing an outline there needs each token to know where it is."""
+    guidance: float = 1.0
+    """Classifier-free guidance scale of the denoising passes: flow = uncond + guidance *
+    (cond - uncond), uncond with an empty text (all-zero padding). 1.0: one pass, no
+    guidance (Self-Forcing's distilled sampler needs none); > 1 doubles the denoising work.
+    Only for a model trained with text dropout (the tiny preset)."""
 
     def __post_init__(self) -> None:
         if self.dim % self.heads:
             raise ValueError(f"dim {self.dim} is not a multiple of heads {self.heads}")
+        if not self.guidance >= 1.0:
+            raise ValueError(f"guidance must be >= 1.0, got {self.guidance}")
         _, ph, pw = self.patch
         if self.latent_height % ph or self.latent_width % pw:
             raise ValueError("latent_height/latent_width must be multiples of the patch size")

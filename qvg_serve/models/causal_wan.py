@@ -61,6 +61,8 @@ class CausalWan(nn.Module):
             WanBlock(c.dim, c.heads, c.ffn_dim, c.eps) for _ in range(c.layers)
         )
         self.head = WanHead(c.dim, c.in_channels, c.patch, c.eps)
+        if c.frame_pos_embedding:  # zero at init: the model starts as without it
+            self.pos_embedding = nn.Parameter(torch.zeros(c.tokens_per_frame, c.dim))
         self.rotary = WanRope(c.head_dim, c.grid)  # buffers only, not in the state dict
         self._axial = self.rotary.axial()
 
@@ -117,7 +119,10 @@ class CausalWan(nn.Module):
             patchify(ch.latents.to(self.device, self.dtype), self.config.patch) for ch in chunks
         ]
         w = self.patch_embedding.weight.flatten(1)
-        return F.linear(torch.cat(patches), w, self.patch_embedding.bias).float()
+        x = F.linear(torch.cat(patches), w, self.patch_embedding.bias).float()
+        if self.config.frame_pos_embedding:  # tokens are (frame, row, col): one frame = tpf
+            x = x + self.pos_embedding.float().repeat(x.shape[0] // self.config.tokens_per_frame, 1)
+        return x
 
     def _embed_time(self, t: torch.Tensor) -> torch.Tensor:
         """Timesteps [B] -> e [B, dim] fp32 (Wan runs this under fp32 autocast)."""

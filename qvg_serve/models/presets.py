@@ -60,6 +60,7 @@ TINY = ModelConfig(
     freq_dim=64,
     timesteps=(1000.0, 750.0, 500.0, 250.0),
     frames_per_latent=1,
+    frame_pos_embedding=True,
 )
 """The model the project trains and ships (`qvg_serve/weights/tiny.safetensors`, fp16,
 ~13 MB; `python -m qvg_serve.tiny.train`): near-pixel space through `PixelAE` (64 x 96 RGB

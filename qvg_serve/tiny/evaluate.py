@@ -78,6 +78,12 @@ def generate_batch(model, texts, chunks: int, seeds, contexts=None) -> list[torc
                 break
             batch = [ChunkInput(xs[b], t, texts[b], start) for b in todo]
             flows = model(batch, DenseContext(model, [hists[b] for b in todo], batch))
+            if cfg.guidance != 1.0:  # the engine's classifier-free guidance (Engine._guide)
+                empty = sampler.null_text(cfg.text_dim, model.device)
+                ubatch = [inp._replace(text=empty) for inp in batch]
+                uncond = model(ubatch, DenseContext(model, [hists[b] for b in todo], ubatch))
+                pairs = zip(flows, uncond, strict=True)
+                flows = [sampler.guided(c, u, cfg.guidance) for c, u in pairs]
             nxt = steps[j + 1] if j + 1 < len(steps) else None
             for b, flow in zip(todo, flows, strict=True):
                 xs[b], x0s[b] = sampler.step(xs[b], flow, t, nxt, SHIFT_T, noises[b])
@@ -199,9 +205,17 @@ def main(argv=None) -> dict:
         default=None,
         help="comma-separated sampler timesteps to try instead of the preset's (a variant)",
     )
+    p.add_argument(
+        "--guidance",
+        type=float,
+        default=None,
+        help="classifier-free guidance scale to try instead of the preset's (a variant)",
+    )
     args = p.parse_args(argv)
     torch.manual_seed(0)
     model = load_tiny(args.weights, args.device)
+    if args.guidance is not None:
+        model.config = dataclasses.replace(model.config, guidance=args.guidance)
     if args.timesteps:
         steps = tuple(float(x) for x in args.timesteps.split(","))
         model.config = dataclasses.replace(model.config, timesteps=steps)
@@ -213,6 +227,7 @@ def main(argv=None) -> dict:
         )
     }
     result["timesteps"] = list(model.config.timesteps)
+    result["guidance"] = model.config.guidance
     result["fidelity_seconds"] = round(time.time() - t0, 1)
     print(json.dumps(result["fidelity"], indent=1), flush=True)
     t0 = time.time()

@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from qvg_serve.engine.sampler import sigma
+from qvg_serve.engine.sampler import guided, sigma
 from qvg_serve.models import TINY, HashedWordEncoder
 from qvg_serve.models.base import ChunkInput, chunk_positions
 from qvg_serve.models.pixel_ae import PixelAE
@@ -117,6 +117,7 @@ def flow_loss(
     table=None,
     motion_weight: float = 0.0,
     own_first: float = 0.0,
+    text_dropout: float = 0.0,
 ):
     """(weighted MSE of the predicted flow, plain MSE on object pixels) over the noisy
     chunks of `batch` (from `make_batch`); `gen` on the latents' device draws the noise (a
@@ -125,7 +126,9 @@ def flow_loss(
     pose only at frame 0. `motion_weight` adds the weighted MSE of the error's change from
     frame to frame inside a chunk: the same optimum, but a chunk drawn from the caption alone
     that stands still while the object should move costs more (its 1-2 px per frame of
-    motion is below the 8 px token and barely shows in the plain MSE)."""
+    motion is below the 8 px token and barely shows in the plain MSE). `text_dropout`: the
+    share of clips whose noisy chunks get the empty text (clean context keeps the caption,
+    as the engine's cache does): the unconditional model classifier-free guidance needs."""
     latents, text, weight, starts = batch
     cpu_gen = torch.Generator().manual_seed(
         int(torch.randint(2**62, (), generator=gen, device=gen.device))
@@ -143,10 +146,12 @@ def flow_loss(
     ctx_clean = x0 + aug * torch.randn(x0.shape, generator=gen, device=gen.device)
     if own_first and k > 1:
         ctx_clean = with_own_first_chunk(model, ctx_clean, text, starts, own_first, gen)
+    drop = (torch.rand(b, generator=cpu_gen) < text_dropout).tolist()
     chunks = []
     for i in range(b):
+        noisy_text = torch.zeros_like(text[i]) if drop[i] else text[i]
         chunks += [ChunkInput(ctx_clean[i, j], 0.0, text[i], j * fpc) for j in range(k - 1)]
-        chunks += [ChunkInput(xt[i, j], float(t[i, j]), text[i], j * fpc) for j in range(k)]
+        chunks += [ChunkInput(xt[i, j], float(t[i, j]), noisy_text, j * fpc) for j in range(k)]
     out = model(chunks, BlockCausalContext(model, k))
     pred = torch.stack([out[i * (2 * k - 1) + k - 1 + j] for i in range(b) for j in range(k)])
     err = (pred.float() - (noise - x0).reshape(pred.shape).float()).pow(2)
@@ -174,8 +179,12 @@ def sample_first_chunk(model, text: torch.Tensor, gen: torch.Generator) -> torch
     x = torch.randn(shape, generator=gen, device=gen.device)
     steps, ctx = cfg.timesteps, BlockCausalContext(model, 1)
     for j, t in enumerate(steps):
-        out = model([ChunkInput(x[i], float(t), text[i], 0) for i in range(b)], ctx)
-        x0 = x - sigma(float(t), SHIFT_T) * torch.stack(out).float()
+        flow = torch.stack(model([ChunkInput(x[i], float(t), text[i], 0) for i in range(b)], ctx))
+        if cfg.guidance != 1.0:
+            empty = torch.zeros_like(text[0])
+            uncond = model([ChunkInput(x[i], float(t), empty, 0) for i in range(b)], ctx)
+            flow = guided(flow, torch.stack(uncond), cfg.guidance)
+        x0 = x - sigma(float(t), SHIFT_T) * flow.float()
         if j + 1 < len(steps):
             s = sigma(float(steps[j + 1]), SHIFT_T)
             x = (1 - s) * x0 + s * torch.randn(shape, generator=gen, device=gen.device)

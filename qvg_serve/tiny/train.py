@@ -27,7 +27,8 @@ from pathlib import Path
 
 import torch
 
-from qvg_serve.models import TINY, HashedWordEncoder, build_model, load_checkpoint
+from qvg_serve.models import TINY, HashedWordEncoder, build_model
+from qvg_serve.models.loader import load_into, load_state_dict_file
 from qvg_serve.models.pixel_ae import SCALE, SHIFT
 from qvg_serve.tiny import data
 from qvg_serve.tiny.objective import (  # noqa: F401  (train.X names kept for callers)
@@ -55,11 +56,26 @@ the main batches' (k < 5e8 for 15 M steps of 32)."""
 
 
 def new_model(seed: int, device):
-    """TINY with seeded init, head zeroed (the DiT training init: start predicting 0 flow)."""
+    """TINY with seeded init, head zeroed (the DiT training init: start predicting 0 flow)
+    and the frame position embedding zeroed (a fine-tune adding it starts as the old model)."""
     model = build_model(TINY, device, torch.float32, seed).train()
     torch.nn.init.zeros_(model.head.head.weight)
     torch.nn.init.zeros_(model.head.head.bias)
+    if TINY.frame_pos_embedding:
+        torch.nn.init.zeros_(model.pos_embedding)
     return model
+
+
+NEW_PARAMS = ("pos_embedding",)
+"""Parameters an older checkpoint may lack (`--init` starts them at their zero init)."""
+
+
+def init_from(model, path) -> None:
+    """Load `path` into `model`; `NEW_PARAMS` it lacks keep the model's own (zero) init, so
+    the fine-tune starts from exactly the old model's function."""
+    state = load_state_dict_file(path)
+    own = model.state_dict()
+    load_into(model, {**{k: own[k] for k in NEW_PARAMS if k in own and k not in state}, **state})
 
 
 def lr_at(frac: float, base: float, step: int, warmup: int) -> float:
@@ -137,6 +153,19 @@ def parse(argv):
         help="share of frame-0 clips whose first context chunk is the model's own sample "
         "(see with_own_first_chunk; 0: off)",
     )
+    p.add_argument(
+        "--text-dropout",
+        type=float,
+        default=0.0,
+        help="share of clips whose noisy chunks see the empty text, so classifier-free "
+        "guidance has an unconditional model (0: off)",
+    )
+    p.add_argument(
+        "--new-lr-mult",
+        type=float,
+        default=10.0,
+        help="learning-rate multiple for NEW_PARAMS (a zero-initialised embedding)",
+    )
     args = p.parse_args(argv)
     args.table = tuple(float(x) for x in args.timesteps.split(",")) if args.timesteps else None
     if args.smoke:
@@ -154,9 +183,14 @@ def main(argv=None) -> dict:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     model = new_model(args.seed, dev)
-    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.99), weight_decay=0.01)
+    new_params = [p for n, p in model.named_parameters() if n in NEW_PARAMS]
+    groups = [
+        {"params": [p for n, p in model.named_parameters() if n not in NEW_PARAMS], "mult": 1.0},
+        {"params": new_params, "mult": args.new_lr_mult},
+    ]
+    opt = torch.optim.AdamW(groups, lr=args.lr, betas=(0.9, 0.99), weight_decay=0.01)
     if args.init:
-        load_checkpoint(model, args.init)
+        init_from(model, args.init)
         print(f"initialised from {args.init}", flush=True)
     ema = {k: v.detach().clone() for k, v in model.state_dict().items()}
     state = {"step": 0, "elapsed": 0.0, "losses": []}
@@ -181,11 +215,10 @@ def main(argv=None) -> dict:
         if elapsed > budget or time.time() - call_start > stop_call:
             break
         step = state["step"]
-        seeds = [args.seed * TRAIN_SEED_BASE + step * args.batch + i for i in range(args.batch)]
-        batch = fixed or make_batch(seeds, args.chunks, dev, encoder)
+        batch, first = fixed or step_batch(args, step, dev, encoder), first_fixed
         lr = lr_at(max(step / args.steps, elapsed / budget), args.lr, step, args.warmup)
         for g in opt.param_groups:
-            g["lr"] = lr
+            g["lr"] = lr * g["mult"]
         with torch.autocast(dev.type, torch.bfloat16, enabled=dev.type == "cuda"):
             loss, obj_mse = flow_loss(
                 model,
@@ -194,12 +227,10 @@ def main(argv=None) -> dict:
                 table=args.table,
                 motion_weight=args.motion_weight,
                 own_first=args.own_first,
+                text_dropout=args.text_dropout,
             )
             if args.first_batch:
-                base = args.seed * TRAIN_SEED_BASE + FIRST_SEED_OFFSET + step * args.first_batch
-                first = first_fixed or make_batch(
-                    range(base, base + args.first_batch), 1, dev, encoder, True
-                )
+                first = first or first_batch(args, step, dev, encoder)
                 loss = (
                     loss
                     + flow_loss(
@@ -209,6 +240,7 @@ def main(argv=None) -> dict:
                         p_table=FIRST_P_TABLE,
                         table=args.table,
                         motion_weight=args.motion_weight,
+                        text_dropout=args.text_dropout,
                     )[0]
                 )
         opt.zero_grad(set_to_none=True)
@@ -241,6 +273,20 @@ def main(argv=None) -> dict:
         args.ckpt or out / "tiny_ckpt.pt",
     )
     return write_outputs(args, dev, out, ema, state)
+
+
+def step_batch(args, step: int, device, encoder):
+    """The main batch of optimizer step `step` (a function of seed and step only)."""
+    seeds = [args.seed * TRAIN_SEED_BASE + step * args.batch + i for i in range(args.batch)]
+    return make_batch(seeds, args.chunks, device, encoder)
+
+
+def first_batch(args, step: int, device, encoder):
+    """Step `step`'s first-chunk batch (None when --first-batch is 0)."""
+    if not args.first_batch:
+        return None
+    base = args.seed * TRAIN_SEED_BASE + FIRST_SEED_OFFSET + step * args.first_batch
+    return make_batch(range(base, base + args.first_batch), 1, device, encoder, True)
 
 
 def write_outputs(args, dev, out: Path, ema: dict, state: dict) -> dict:
@@ -287,6 +333,7 @@ def write_outputs(args, dev, out: Path, ema: dict, state: dict) -> dict:
             "own_first_chunk": f"{args.own_first} of frame-0 clips: context chunk 0 is the "
             "model's own 4-step sample (no grad)",
             "motion_weight": f"{args.motion_weight} x weighted MSE of the frame-to-frame error",
+            "text_dropout": f"{args.text_dropout} of clips: noisy chunks get the empty text",
         },
         "loss_curve": state["losses"],
         "loss_curve_columns": ["step", "seconds", "weighted loss", "object-pixel mse"],
