@@ -157,7 +157,17 @@ def test_a_tunable_change_is_applied_in_place(base):
     assert sum(after[r][1] != before[r][1] for r in before) == 1  # new tunables on one
 
 
+def wait_replicas(n: int, timeout_s: float = 120.0) -> None:
+    """Until n engine replicas answer health: the kill -9 test's replacement replica may
+    still be starting, and then every create lands on the one that runs."""
+    end = time.time() + timeout_s
+    while len(replicas(n)) < n:
+        assert time.time() < end, f"fewer than {n} engine replicas after {timeout_s} s"
+        time.sleep(0.5)
+
+
 def test_a_replaced_replica_hands_its_streams_over(serving, base):
+    wait_replicas(2)
     ids, homes = [], set()
     for seed in range(12):  # one stream on each replica
         sid = create(base, frames=FRAMES, seed=seed).json()["id"]
