@@ -32,7 +32,7 @@ from qvg_serve.engine.config import EngineConfig, codec_specs
 from qvg_serve.engine.kv_pool import KVPool, kv_budget_bytes, pool_layout
 from qvg_serve.engine.orders import Orders
 from qvg_serve.engine.paged_attention import Workspace
-from qvg_serve.engine.paged_context import Entry, PagedContext
+from qvg_serve.engine.paged_context import Entry, PagedContext, run_batch
 from qvg_serve.engine.report import (
     CancelResult,
     Chunk,
@@ -252,30 +252,11 @@ class Engine:
             inp, entry = self._prepare(item)
             inputs.append(inp)
             entries.append(entry)
-        ctx = PagedContext(self.pool, self.ws, self.model.rope, entries)
+        guided = [i for i, item in enumerate(batch) if item.kind == DENOISE]
         with torch.no_grad():
-            flows = self.model.forward(inputs, ctx)
-            if self.mc.guidance != 1.0:
-                flows = self._guide(batch, inputs, entries, flows)
-        return ctx, flows
-
-    def _guide(self, batch, inputs, entries, flows) -> list[torch.Tensor]:
-        """Classifier-free guidance: the denoising entries once more with the empty text,
-        over the same history (the workspace is reused; nothing is captured), and each
-        flow replaced by `sampler.guided`."""
-        idx = [i for i, item in enumerate(batch) if item.kind == DENOISE]
-        if not idx:
-            return flows
-        empty = sampler.null_text(self.mc.text_dim, self.device).to(self._dtype())
-        uncond_in = [inputs[i]._replace(text=empty) for i in idx]
-        uncond_ctx = PagedContext(
-            self.pool, self.ws, self.model.rope, [entries[i]._replace(capture=False) for i in idx]
-        )
-        uncond = self.model.forward(uncond_in, uncond_ctx)
-        flows = list(flows)
-        for i, u in zip(idx, uncond, strict=True):
-            flows[i] = sampler.guided(flows[i], u, self.mc.guidance)
-        return flows
+            return run_batch(
+                self.model, self.pool, self.ws, inputs, entries, guided, self.mc.guidance
+            )
 
     def _finish(self, batch, ctx: PagedContext, flows) -> tuple[list[int], list[tuple[int, Chunk]]]:
         chunks = []

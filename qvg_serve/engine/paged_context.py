@@ -13,6 +13,7 @@ from typing import NamedTuple
 
 import torch
 
+from qvg_serve.engine import sampler
 from qvg_serve.engine.kv_pool import KVPool, ReadPlan
 from qvg_serve.engine.paged_attention import BatchRead, Rope, Workspace
 
@@ -57,3 +58,25 @@ class PagedContext:
         k = torch.stack([got[layer][0].transpose(0, 1) for layer in range(layers)])
         v = torch.stack([got[layer][1].transpose(0, 1) for layer in range(layers)])
         return k, v
+
+
+def run_batch(
+    model, pool: KVPool, ws: Workspace, inputs, entries: Sequence[Entry], guided=(), scale=1.0
+) -> tuple[PagedContext, list[torch.Tensor]]:
+    """One forward of a batch over the pool: (its context, a flow per entry). The entries at
+    indices `guided` get classifier-free guidance at `scale` (`sampler.guide`): once more
+    with the empty prompt, over the same history, in a second context that captures
+    nothing (the workspace is reused: the first forward is done with it)."""
+    ctx = PagedContext(pool, ws, model.rope, entries)
+    flows = model.forward(inputs, ctx)
+    if guided and scale != 1.0:
+        again = PagedContext(
+            pool, ws, model.rope, [entries[i]._replace(capture=False) for i in guided]
+        )
+        got = sampler.guide(
+            model, [inputs[i] for i in guided], [flows[i] for i in guided], again, scale
+        )
+        flows = list(flows)
+        for i, flow in zip(guided, got, strict=True):
+            flows[i] = flow
+    return ctx, flows

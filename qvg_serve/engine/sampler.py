@@ -66,6 +66,16 @@ def null_text(text_dim: int, device=None) -> torch.Tensor:
     return torch.zeros(0, text_dim, device=device)
 
 
+def guide(model, inputs, flows, ctx, scale: float) -> list[torch.Tensor]:
+    """Classifier-free guidance of `flows` (the model's on `inputs`, ChunkInputs): the same
+    inputs once more with the empty prompt, in `ctx` (an AttentionContext over the same
+    history that keeps nothing), then `guided` per chunk."""
+    text = inputs[0].text
+    empty = null_text(text.shape[-1], text.device).to(text.dtype)
+    uncond = model([inp._replace(text=empty) for inp in inputs], ctx)
+    return [guided(c, u, scale) for c, u in zip(flows, uncond, strict=True)]
+
+
 def start(noise: StreamNoise, device, dtype) -> torch.Tensor:
     """x at the first timestep: pure noise (the sampler's first sigma is 1 at t = 1000)."""
     return noise.draw(device, dtype)

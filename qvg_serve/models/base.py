@@ -73,7 +73,8 @@ class ModelConfig:
     """Classifier-free guidance scale of the denoising passes: flow = uncond + guidance *
     (cond - uncond), uncond with an empty text (all-zero padding). 1.0: one pass, no
     guidance (Self-Forcing's distilled sampler needs none); > 1 doubles the denoising work.
-    Only for a model trained with text dropout (the tiny preset)."""
+    Only for a model trained with text dropout (`tiny.train --text-dropout`); every preset
+    has 1.0 (on the tiny model, scales 2-4.5 measured worse: docs/tiny_model.md)."""
 
     def __post_init__(self) -> None:
         if self.dim % self.heads:

@@ -77,13 +77,10 @@ def generate_batch(model, texts, chunks: int, seeds, contexts=None) -> list[torc
             if not todo:
                 break
             batch = [ChunkInput(xs[b], t, texts[b], start) for b in todo]
-            flows = model(batch, DenseContext(model, [hists[b] for b in todo], batch))
-            if cfg.guidance != 1.0:  # the engine's classifier-free guidance (Engine._guide)
-                empty = sampler.null_text(cfg.text_dim, model.device)
-                ubatch = [inp._replace(text=empty) for inp in batch]
-                uncond = model(ubatch, DenseContext(model, [hists[b] for b in todo], ubatch))
-                pairs = zip(flows, uncond, strict=True)
-                flows = [sampler.guided(c, u, cfg.guidance) for c, u in pairs]
+            ctx = DenseContext(model, [hists[b] for b in todo], batch)
+            flows = model(batch, ctx)
+            if cfg.guidance != 1.0:  # as the engine (paged_context.run_batch)
+                flows = sampler.guide(model, batch, flows, ctx, cfg.guidance)
             nxt = steps[j + 1] if j + 1 < len(steps) else None
             for b, flow in zip(todo, flows, strict=True):
                 xs[b], x0s[b] = sampler.step(xs[b], flow, t, nxt, SHIFT_T, noises[b])

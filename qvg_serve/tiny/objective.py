@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from qvg_serve.engine.sampler import guided, sigma
+from qvg_serve.engine.sampler import guide, sigma
 from qvg_serve.models import TINY, HashedWordEncoder
 from qvg_serve.models.base import ChunkInput, chunk_positions
 from qvg_serve.models.pixel_ae import PixelAE
@@ -179,12 +179,11 @@ def sample_first_chunk(model, text: torch.Tensor, gen: torch.Generator) -> torch
     x = torch.randn(shape, generator=gen, device=gen.device)
     steps, ctx = cfg.timesteps, BlockCausalContext(model, 1)
     for j, t in enumerate(steps):
-        flow = torch.stack(model([ChunkInput(x[i], float(t), text[i], 0) for i in range(b)], ctx))
+        inputs = [ChunkInput(x[i], float(t), text[i], 0) for i in range(b)]
+        flows = model(inputs, ctx)
         if cfg.guidance != 1.0:
-            empty = torch.zeros_like(text[0])
-            uncond = model([ChunkInput(x[i], float(t), empty, 0) for i in range(b)], ctx)
-            flow = guided(flow, torch.stack(uncond), cfg.guidance)
-        x0 = x - sigma(float(t), SHIFT_T) * flow.float()
+            flows = guide(model, inputs, flows, ctx, cfg.guidance)
+        x0 = x - sigma(float(t), SHIFT_T) * torch.stack(flows).float()
         if j + 1 < len(steps):
             s = sigma(float(steps[j + 1]), SHIFT_T)
             x = (1 - s) * x0 + s * torch.randn(shape, generator=gen, device=gen.device)
