@@ -21,9 +21,16 @@ def _hadamard_cpu(n: int) -> torch.Tensor:
     return (h / n**0.5).to(torch.float32)
 
 
-def hadamard(n: int, device: torch.device | str = "cpu") -> torch.Tensor:
-    """[n, n] fp32 orthonormal, symmetric Hadamard matrix (entries +-1/sqrt(n))."""
+@functools.lru_cache(maxsize=32)
+def _hadamard_on(n: int, device: torch.device) -> torch.Tensor:
     return _hadamard_cpu(n).to(device)
+
+
+def hadamard(n: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """[n, n] fp32 orthonormal, symmetric Hadamard matrix (entries +-1/sqrt(n)); shared per
+    (n, device), so do not write into it. Cached on the GPU too: copying it there on every
+    call is a host sync in the middle of each encode."""
+    return _hadamard_on(n, torch.device(device))
 
 
 def rotate_groups(x: torch.Tensor, group: int) -> torch.Tensor:

@@ -8,8 +8,12 @@ itself. Rows, per history length:
   dense-sf       Self-Forcing style: RoPE on the chunk's q and k only, k/v written into the
                  preallocated post-RoPE cache, then the same SDPA
   read-<fmt>     the fused paged read alone (all pages -> post-RoPE workspace), GB/s written
-  pool-<fmt>     the pool path per layer: fused read + chunk RoPE + one attention call
-                 (`BatchRead.attend`); <fmt> pages hold all history but `--sink-frames` bf16
+  pool-<fmt>     the pool path per layer as the engine runs it: `--layers` layers back to
+                 back on one step's `BatchRead` (`attend`: fused read + chunk RoPE + one
+                 attention call), time / layers; <fmt> pages hold all history but
+                 `--sink-frames` bf16
+  ahead-<fmt>    the same loop with `EngineConfig.read_ahead` (CUDA: layer L + 1 read on a
+                 side stream while layer L attends; a second workspace)
 Times: CUDA events around `--repeat` back-to-back calls (mean); ratios vs sdpa-dense and
 dense-sf.
 """
@@ -40,6 +44,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--head-dim", type=int, default=128)
     p.add_argument("--formats", nargs="+", default=["qvg-int2", "qvg-int4"])
     p.add_argument("--repeat", type=int, default=None)
+    p.add_argument(
+        "--layers", type=int, default=4, help="layers per pool call (each holds the same K/V)"
+    )
     p.add_argument("--json", action="store_true")
 
 
@@ -62,7 +69,7 @@ def _pool(args, kv: kf.KVShape, frames: int, fmt: str, k, v, device):
 
 def _rows_for(args, frames: int, device, repeat: int) -> list[dict]:
     rows_, cols = args.grid
-    kv = kf.KVShape(1, args.heads, args.head_dim, rows_ * cols)
+    kv = kf.KVShape(args.layers, args.heads, args.head_dim, rows_ * cols)
     hist, lq = frames * kv.page_tokens, args.chunk_frames * kv.page_tokens
     rope = WanRope(kv.head_dim, (rows_, cols)).axial()
     g = torch.Generator().manual_seed(frames)
@@ -73,15 +80,26 @@ def _rows_for(args, frames: int, device, repeat: int) -> list[dict]:
     )
     hpos, qpos = torch.arange(hist, device=device), torch.arange(hist, hist + lq, device=device)
     out = _dense_rows(rope, q, kn, vn, k, v, hpos, qpos, device, repeat)
-    ws = Workspace(hist + lq, kv.heads, kv.head_dim, device)
+    plain = Workspace(hist + lq, kv.heads, kv.head_dim, device)
+    ahead = Workspace(hist + lq, kv.heads, kv.head_dim, device, read_ahead=True)
+    every = [k.expand(kv.layers, *k.shape[1:]), v.expand(kv.layers, *v.shape[1:])]
     for fmt in ["bf16", *args.formats]:
-        pool, pages = _pool(args, kv, frames, fmt, k, v, device)
-        br = BatchRead(pool, ws, rope, [pool.read_plan(pages)], [hpos], [qpos])
+        pool, pages = _pool(args, kv, frames, fmt, *every, device)
+        plan = [pool.read_plan(pages)]
+        br = BatchRead(pool, plain, rope, plan, [hpos], [qpos])
         _, read_ms = timed(lambda br=br: br.read(0), device, repeat)
         written = 2 * hist * kv.heads * kv.head_dim * 2
         out.append({"path": f"read-{fmt}", "ms": read_ms, "write_GBps": written / read_ms / 1e6})
-        _, ms = timed(lambda br=br: br.attend(0, q, kn, vn), device, repeat)
-        out.append({"path": f"pool-{fmt}", "ms": ms})
+        for name, ws in (("pool", plain), ("ahead", ahead)):
+            # built once, as once per engine step (its page table upload is not per layer)
+            b = BatchRead(pool, ws, rope, plan, [hpos], [qpos])
+
+            def layers(b=b):
+                for layer in range(kv.layers):
+                    b.attend(layer, q, kn, vn)
+
+            _, ms = timed(layers, device, repeat)
+            out.append({"path": f"{name}-{fmt}", "ms": ms / kv.layers, "layers": kv.layers})
         del pool, br
     floor, sf = out[0]["ms"], out[1]["ms"]
     for r in out:

@@ -42,6 +42,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-format", default="qvg-int2", help="pool format of the batch rows")
     p.add_argument("--sink-frames", type=int, default=3)
     p.add_argument("--repeat", type=int, default=3)
+    p.add_argument(
+        "--read-ahead", action="store_true", help="pool rows with EngineConfig.read_ahead on"
+    )
     p.add_argument("--json", action="store_true")
 
 
@@ -74,9 +77,10 @@ class Bench:
         self.alloc = PageAllocator(pool_layout(kv, fmts, budget))
         self.pool = KVPool(kv, self.alloc, self.dev)
         self.tables = [self._stream(i + 1, h, fmt) for i, h in enumerate(histories)]
-        self.ws = Workspace(
-            tokens * len(histories), self.mc.heads, self.mc.head_dim, self.dev, dtype
-        )
+        self.ws = Workspace(  # as the engine's: EngineConfig.read_ahead
+            tokens * len(histories), self.mc.heads, self.mc.head_dim, self.dev, dtype,
+            self.args.read_ahead,
+        )  # fmt: skip
 
     def _budget(self, kv: kf.KVShape, histories: list[int], fmt: str | None) -> int:
         """Arena for the streams after encoding, plus one stream's bf16 pages in flight

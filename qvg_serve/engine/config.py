@@ -40,6 +40,12 @@ class EngineConfig:
     max_batch_kv_tokens: int | None = None
     """Per-layer attention workspace (tokens); None = enough for max_batch_streams streams of
     max history (derived from the arena size)."""
+    read_ahead: bool = False
+    """Read layer L + 1's history from the pages on a side CUDA stream while layer L attends
+    (no effect on CPU), so the read can run beside attention. Costs a second attention
+    workspace (the size of max_batch_kv_tokens); the values are the same. Off by default: on
+    an H200 it gained 2-3 % per layer at 21 and 81 frames of history and lost 5 % at 7, and a
+    whole chunk did not move beyond run-to-run spread (BENCHMARKS.md, seventh session)."""
     seed: int = 0
     """Seed of random weights (benchmarks) and the default stream seed base."""
     overlap_encodes: bool = True

@@ -85,14 +85,29 @@ def xformers_ops():
 
 
 class Workspace:
-    """A preallocated per-layer KV buffer of `max_tokens` tokens (reused by every layer)."""
+    """Preallocated per-layer KV buffers of `max_tokens` tokens (reused by every layer).
 
-    def __init__(self, max_tokens: int, heads: int, head_dim: int, device, dtype=torch.bfloat16):
-        self.kv = torch.empty(2, max_tokens, heads, head_dim, dtype=dtype, device=device)
+    `read_ahead` (CUDA only; no effect elsewhere): a second buffer, and layer L + 1's history
+    is read into it on a side stream while layer L attends (`BatchRead.attend`): the read,
+    bound by memory bandwidth, runs beside attention and the layer's matmuls, bound by
+    compute. Costs the second buffer's memory; the values are the same.
+    """
+
+    def __init__(self, max_tokens: int, heads: int, head_dim: int, device, dtype=torch.bfloat16,
+                 read_ahead: bool = False) -> None:  # fmt: skip
+        two = read_ahead and torch.device(device).type == "cuda"
+        shape = (2 if two else 1, 2, max_tokens, heads, head_dim)
+        self.buffers = torch.empty(shape, dtype=dtype, device=device)
+        self.kv = self.buffers[0]
+        self.side = torch.cuda.Stream(self.kv.device) if two else None
 
     @property
     def max_tokens(self) -> int:
         return self.kv.shape[1]
+
+    @property
+    def reads_ahead(self) -> bool:
+        return self.side is not None
 
 
 class ChunkRope:
@@ -191,21 +206,50 @@ class BatchRead:
         )
         self.chunk_rope = ChunkRope(self.rope, torch.cat(list(q_pos)).to(dev))
         self.triton = pool.backend == "triton" or (pool.backend == "auto" and dev.type == "cuda")
+        self.ahead = ws.reads_ahead and self.triton
+        self._ready: dict[int, torch.cuda.Event] = {}  # layer -> its read ahead is done
+        if self.ahead:  # the side stream reads these: their memory waits for it when freed
+            for t in self.batch:
+                t.record_stream(ws.side)
 
-    def read(self, layer: int) -> None:
-        """Every history page of the batch, layer `layer`, into the workspace (post-RoPE)."""
+    def read(self, layer: int, out: torch.Tensor | None = None) -> None:
+        """Every history page of the batch, layer `layer`, into `out` (default the
+        workspace's first buffer), post-RoPE."""
         arena = self.pool.arena["gpu"]
+        out = self.ws.kv if out is None else out
         if self.triton:
             from kernels.paged_read_triton import paged_read
 
-            paged_read(arena, self.formats, self.batch, layer, self.ws.kv, self.rope)
+            paged_read(arena, self.formats, self.batch, layer, out, self.rope)
         else:
-            paged_read_ref(arena, self.formats, self.batch, layer, self.ws.kv, self.rope)
+            paged_read_ref(arena, self.formats, self.batch, layer, out, self.rope)
+
+    def _history(self, layer: int) -> torch.Tensor:
+        """The buffer that holds layer `layer`'s history once the compute stream gets there:
+        read now, or read ahead (on the side stream, while the previous layer attended)."""
+        if not self.ahead:
+            self.read(layer)
+            return self.ws.kv
+        main, side = torch.cuda.current_stream(self.ws.kv.device), self.ws.side
+        kv = self.ws.buffers[layer % 2]
+        ready = self._ready.pop(layer, None)
+        if ready is None:  # first layer, or out of order: nothing read ahead for it
+            main.wait_stream(side)  # no read ahead of an earlier batch may still write
+            self.read(layer, kv)
+        else:
+            main.wait_event(ready)
+        if layer + 1 < self.pool.kv.layers:
+            # the other buffer's last reader (layer - 1's attention) is queued on main
+            side.wait_stream(main)
+            with torch.cuda.stream(side):
+                self.read(layer + 1, self.ws.buffers[(layer + 1) % 2])
+                self._ready[layer + 1] = torch.cuda.Event()
+                self._ready[layer + 1].record(side)
+        return kv
 
     def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
         """q, k, v [sum Lq, H, D] (pre-RoPE, batch order) -> outputs [sum Lq, H, D]."""
-        self.read(layer)
-        kv = self.ws.kv
+        kv = self._history(layer)
         self.chunk_rope(k, out=kv[0], rows=self.chunk_rows)
         kv[1].index_copy_(0, self.chunk_rows, v.to(kv.dtype))
         qr = self.chunk_rope(q)

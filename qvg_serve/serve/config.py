@@ -82,6 +82,7 @@ class EngineSettings(_Strict):
     formats: tuple[str, ...] = _from(EngineConfig, "formats", min_length=1)
     centroids: int | None = _from(EngineConfig, "centroids", ge=1, le=256)
     max_batch_kv_tokens: int | None = _from(EngineConfig, "max_batch_kv_tokens", gt=0)
+    read_ahead: bool = _from(EngineConfig, "read_ahead")
     seed: int = _from(EngineConfig, "seed", ge=0)
     overlap_encodes: bool = _from(EngineConfig, "overlap_encodes")
 

@@ -61,8 +61,11 @@ def test_bench_attention_runs_tiny(capsys):
     ]
     assert main(args) == 0
     rows = json.loads(capsys.readouterr().out)
-    paths = ["sdpa-dense", "dense-sf", "read-bf16", "pool-bf16", "read-qvg-int2", "pool-qvg-int2"]
+    paths = ["sdpa-dense", "dense-sf"] + [
+        f"{row}-{fmt}" for fmt in ("bf16", "qvg-int2") for row in ("read", "pool", "ahead")
+    ]
     assert [r["path"] for r in rows] == paths
+    assert {r["layers"] for r in rows if r["path"].startswith(("pool", "ahead"))} == {4}
     assert all(r["ms"] > 0 and r["history_tokens"] == 32 for r in rows)
     assert rows[0]["vs_sdpa"] == 1.0 and rows[1]["vs_dense_sf"] == 1.0
 

@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 from conftest import tol
-from test_kv_pool import SPECS, chunk, make_pool, scattered
+from test_kv_pool import FORMATS, SPECS, chunk, make_pool, scattered
 
 from kernels import codec
-from qvg_serve.engine.kv_pool import KVPool
-from qvg_serve.engine.paged_attention import StreamChunk, Workspace, batch_attention, rope_1d
+from qvg_serve.engine import kv_format as kf
+from qvg_serve.engine.kv_pool import KVPool, pool_layout
+from qvg_serve.engine.paged_attention import (
+    BatchRead,
+    StreamChunk,
+    Workspace,
+    batch_attention,
+    rope_1d,
+)
+from scheduler.pages import PageAllocator
 
 H, D, T = 2, 64, 12
 
@@ -91,3 +100,40 @@ def test_workspace_bound_is_enforced():
         assert "workspace holds 20" in str(exc)
     else:
         raise AssertionError("a batch larger than the workspace must be refused")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_read_ahead_gives_the_serial_outputs_on_cuda():
+    """Layer L + 1 read on the side stream while layer L attends: the same outputs, bit for
+    bit, over layers with different K/V, mixed formats and a ragged batch; twice on the same
+    workspace (a batch's read ahead never overlaps the next batch's reads)."""
+    kv = kf.KVShape(layers=5, heads=H, head_dim=D, page_tokens=T)
+    layout = pool_layout(kv, FORMATS, 80 * kf.page_bytes("bf16", kv), 0, SPECS)
+    alloc = PageAllocator(layout)
+    pool = KVPool(kv, alloc, "cuda", SPECS)
+    g = torch.Generator().manual_seed(7)
+    plans, hpos, qpos = [], [], []
+    for sid, (n, fmt) in enumerate(((3, "qvg-int2"), (1, None), (5, "qvg-int4")), start=1):
+        pages = alloc.allocate(sid, "bf16", n)
+        shape = (kv.layers, H, n * T, D)
+        pool.write_pages(pages, *(torch.randn(shape, generator=g).bfloat16() for _ in "kv"))
+        if fmt:
+            plan = alloc.begin_encode(sid, pages[1:], fmt)
+            pool.execute(plan)
+            alloc.commit(plan)
+        plans.append(pool.read_plan(pages))
+        hpos.append(torch.arange(n * T))
+        qpos.append(torch.arange(n * T, n * T + T))
+    qkv = [torch.randn(3, 3 * T, H, D, generator=g).bfloat16().cuda() for _ in range(kv.layers)]
+    serial = Workspace(200, H, D, "cuda")
+    ahead = Workspace(200, H, D, "cuda", read_ahead=True)
+    assert ahead.reads_ahead and not serial.reads_ahead
+
+    def outputs(ws):
+        br = BatchRead(pool, ws, rope_1d, plans, hpos, qpos)
+        return torch.stack([br.attend(layer, *qkv[layer]) for layer in range(kv.layers)])
+
+    want = outputs(serial)
+    for _ in range(2):
+        assert torch.equal(outputs(ahead), want)
