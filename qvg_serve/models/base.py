@@ -69,6 +69,11 @@ class ModelConfig:
     embedding: absolute position in the frame, which RoPE (relative) does not give. Wan2.1
     has none; the tiny preset has one: it draws a caption's fixed first pose from noise, and
     drawing an outline there needs each token to know where it is."""
+    text_modulation: bool = False
+    """The caption also modulates every block (adaLN, as DiT conditions on a class label):
+    the mean of the prompt's word vectors, through a small MLP, is added to the timestep
+    embedding that sets each block's shift / scale / gate and the head's. Wan2.1 has none
+    (its text enters through cross-attention only)."""
     guidance: float = 1.0
     """Classifier-free guidance scale of the denoising passes: flow = uncond + guidance *
     (cond - uncond), uncond with an empty text (all-zero padding). 1.0: one pass, no

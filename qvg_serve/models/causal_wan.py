@@ -63,6 +63,10 @@ class CausalWan(nn.Module):
         self.head = WanHead(c.dim, c.in_channels, c.patch, c.eps)
         if c.frame_pos_embedding:  # zero at init: the model starts as without it
             self.pos_embedding = nn.Parameter(torch.zeros(c.tokens_per_frame, c.dim))
+        if c.text_modulation:  # mean word vector -> added to the timestep embedding
+            self.text_modulation = nn.Sequential(
+                nn.Linear(c.text_dim, c.dim), nn.SiLU(), nn.Linear(c.dim, c.dim)
+            )
         self.rotary = WanRope(c.head_dim, c.grid)  # buffers only, not in the state dict
         self._axial = self.rotary.axial()
 
@@ -91,8 +95,11 @@ class CausalWan(nn.Module):
         x = self._embed_latents(chunks)
         t = torch.tensor([float(chunk.timestep) for chunk in chunks], device=self.device)
         e = self._embed_time(t)
+        context, words = self._embed_text(chunks)
+        if self.config.text_modulation:
+            m = self.text_modulation
+            e = e + linear32(m[2], F.silu(linear32(m[0], words)))
         e0 = linear32(self.time_projection[1], F.silu(e)).unflatten(1, (6, self.config.dim))
-        context = self._embed_text(chunks)
         for layer, block in enumerate(self.blocks):
             x = block(x, e0, segs, context, ctx, layer)
         out = self.head(x, e, segs)
@@ -130,9 +137,10 @@ class CausalWan(nn.Module):
         h = F.silu(linear32(self.time_embedding[0], h))
         return linear32(self.time_embedding[2], h)
 
-    def _embed_text(self, chunks: Sequence[ChunkInput]) -> torch.Tensor:
+    def _embed_text(self, chunks: Sequence[ChunkInput]) -> tuple[torch.Tensor, torch.Tensor]:
         """Text [L <= text_len, text_dim] per chunk, zero-padded to text_len as Wan does
-        -> context [B, text_len, dim] in the module dtype."""
+        -> (context [B, text_len, dim] in the module dtype, mean word vector [B, text_dim]
+        fp32)."""
         c = self.config
         padded = torch.zeros(
             len(chunks), c.text_len, c.text_dim, device=self.device, dtype=self.dtype
@@ -144,7 +152,9 @@ class CausalWan(nn.Module):
                     f"chunk {b} text {tuple(text.shape)}: expected [<= {c.text_len}, {c.text_dim}]"
                 )
             padded[b, : text.shape[0]] = text.to(self.device, self.dtype)
-        return self.text_embedding(padded)
+        # the mean word vector (padding rows are zero; an empty text gives zero)
+        words = (padded != 0).any(-1).sum(-1, keepdim=True).clamp(min=1)
+        return self.text_embedding(padded), padded.float().sum(1) / words
 
 
 def init_weights(model: CausalWan, seed: int) -> None:

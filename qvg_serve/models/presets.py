@@ -61,6 +61,7 @@ TINY = ModelConfig(
     timesteps=(1000.0, 750.0, 500.0, 250.0),
     frames_per_latent=1,
     frame_pos_embedding=True,
+    text_modulation=True,
 )
 """The model the project trains and ships (`qvg_serve/weights/tiny.safetensors`, fp16,
 ~13 MB; `python -m qvg_serve.tiny.train`): near-pixel space through `PixelAE` (64 x 96 RGB
@@ -68,7 +69,8 @@ frames, pixel-unshuffle by 4 -> 48 x 16 x 24 latents, one latent frame per video
 8 x 12 = 96 tokens per frame, 3 frames per chunk, Wan's 4-step sampler; head_dim 64 so
 every QVG group size (16..64) divides it. Text: `HashedWordEncoder(16, 64)`. Unlike Wan2.1 it
 has a frame position embedding (`frame_pos_embedding`): it draws a caption's fixed first pose
-from noise, where RoPE alone does not say where a token is."""
+from noise, where RoPE alone does not say where a token is; and the caption also modulates
+every block (`text_modulation`), as well as entering through cross-attention."""
 
 
 TINY_OPS = replace(TINY, name="tiny-ops", layers=1, dim=64, heads=1, ffn_dim=128, freq_dim=32)

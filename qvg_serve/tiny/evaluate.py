@@ -31,6 +31,7 @@ from qvg_serve.models import (
     HashedWordEncoder,
     build_model,
     load_checkpoint,
+    load_state_dict_file,
 )
 from qvg_serve.models.base import ChunkInput
 from qvg_serve.models.pixel_ae import PixelAE
@@ -47,8 +48,13 @@ PROMPTS = (
 
 
 def load_tiny(path=None, device="cpu"):
-    model = build_model(TINY, device, torch.float32)
-    load_checkpoint(model, path or shipped_weights("tiny"))
+    """The tiny model with weights from `path` (default: the shipped ones); a file with (or
+    without) the text modulation's tensors gets a model with (or without) it."""
+    path = path or shipped_weights("tiny")
+    has = any(k.startswith("text_modulation.") for k in load_state_dict_file(path))
+    config = TINY if has == TINY.text_modulation else dataclasses.replace(TINY, text_modulation=has)
+    model = build_model(config, device, torch.float32)
+    load_checkpoint(model, path)
     return model.eval().requires_grad_(False)
 
 

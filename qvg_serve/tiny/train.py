@@ -23,6 +23,7 @@ import argparse
 import json
 import math
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -55,18 +56,35 @@ FIRST_SEED_OFFSET = 5 * 10**8
 the main batches' (k < 5e8 for 15 M steps of 32)."""
 
 
-def new_model(seed: int, device):
-    """TINY with seeded init, head zeroed (the DiT training init: start predicting 0 flow)
-    and the frame position embedding zeroed (a fine-tune adding it starts as the old model)."""
-    model = build_model(TINY, device, torch.float32, seed).train()
+def new_model(seed: int, device, config=TINY):
+    """`config` (TINY) with seeded init, head zeroed (the DiT training init: start predicting
+    0 flow) and the added embeddings' outputs zeroed (frame position embedding, the text
+    modulation's last layer): a fine-tune adding them starts as the old model."""
+    model = build_model(config, device, torch.float32, seed).train()
     torch.nn.init.zeros_(model.head.head.weight)
     torch.nn.init.zeros_(model.head.head.bias)
-    if TINY.frame_pos_embedding:
+    if config.frame_pos_embedding:
         torch.nn.init.zeros_(model.pos_embedding)
+    if config.text_modulation:
+        torch.nn.init.zeros_(model.text_modulation[2].weight)
+        torch.nn.init.zeros_(model.text_modulation[2].bias)
     return model
 
 
-NEW_PARAMS = ("pos_embedding",)
+def model_config(text_modulation: bool | None = None):
+    """TINY, with the text modulation switched on or off (None: as the preset has it)."""
+    if text_modulation is None or text_modulation == TINY.text_modulation:
+        return TINY
+    return replace(TINY, text_modulation=text_modulation)
+
+
+NEW_PARAMS = (
+    "pos_embedding",
+    "text_modulation.0.weight",
+    "text_modulation.0.bias",
+    "text_modulation.2.weight",
+    "text_modulation.2.bias",
+)
 """Parameters an older checkpoint may lack (`--init` starts them at their zero init)."""
 
 
@@ -166,6 +184,13 @@ def parse(argv):
         default=10.0,
         help="learning-rate multiple for NEW_PARAMS (a zero-initialised embedding)",
     )
+    p.add_argument(
+        "--text-modulation",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="the caption also modulates every block (ModelConfig.text_modulation; default: "
+        "as the tiny preset has it); a fine-tune adding it starts at zero",
+    )
     args = p.parse_args(argv)
     args.table = tuple(float(x) for x in args.timesteps.split(",")) if args.timesteps else None
     if args.smoke:
@@ -182,7 +207,8 @@ def main(argv=None) -> dict:
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    model = new_model(args.seed, dev)
+    config = model_config(args.text_modulation)
+    model = new_model(args.seed, dev, config)
     new_params = [p for n, p in model.named_parameters() if n in NEW_PARAMS]
     groups = [
         {"params": [p for n, p in model.named_parameters() if n not in NEW_PARAMS], "mult": 1.0},
@@ -290,10 +316,11 @@ def first_batch(args, step: int, device, encoder):
 
 
 def write_outputs(args, dev, out: Path, ema: dict, state: dict) -> dict:
+    config = model_config(args.text_modulation)
     """tiny.safetensors (EMA weights, fp16) and tiny_train.json (recipe and loss curve)."""
     save_weights(ema, out / "tiny.safetensors")
     log = {
-        "config": {f: getattr(TINY, f) for f in TINY.__dataclass_fields__},
+        "config": {f: getattr(config, f) for f in config.__dataclass_fields__},
         "args": vars(args),
         "seed": args.seed,
         "device": str(dev),

@@ -134,3 +134,34 @@ def test_fidelity_scorer_passes_true_clips_and_fails_an_empty_video():
     blank = torch.full((6, data.HEIGHT, data.WIDTH, 3), 10, dtype=torch.uint8)
     score = scorer.score(prompts[0], blank)
     assert score["present"] == 0.0 and not score["shape"]
+
+
+def test_a_fine_tune_adding_the_text_modulation_starts_as_the_old_model(tmp_path):
+    """`--init` from weights without the text modulation: its tensors start at their zero
+    output, so the model computes what the old one did; and the caption then changes the
+    timestep embedding once the last layer is non-zero."""
+    from safetensors.torch import save_file
+
+    from qvg_serve.models.base import ChunkInput
+    from qvg_serve.tiny.evaluate import load_tiny
+    from qvg_serve.tiny.objective import BlockCausalContext
+
+    old = train.new_model(1, "cpu", train.model_config(False))
+    torch.nn.init.normal_(old.head.head.weight, std=0.02)  # a non-trivial old model
+    path = tmp_path / "old.safetensors"
+    save_file({k: v.contiguous() for k, v in old.state_dict().items()}, str(path))
+    new = train.new_model(2, "cpu", train.model_config(True))
+    train.init_from(new, path)
+    assert not any(k.startswith("text_modulation") for k in old.state_dict())
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(TINY.in_channels, 3, TINY.latent_height, TINY.latent_width, generator=gen)
+    text = torch.randn(5, TINY.text_dim, generator=gen)
+    chunk = [ChunkInput(x, 500.0, text, 0)]
+    with torch.no_grad():
+        want = old(chunk, BlockCausalContext(old, 1))[0]
+        assert torch.equal(new(chunk, BlockCausalContext(new, 1))[0], want)
+        torch.nn.init.normal_(new.text_modulation[2].weight, std=0.1)
+        assert not torch.allclose(new(chunk, BlockCausalContext(new, 1))[0], want)
+    # evaluate's loader picks the config the file was trained with
+    assert load_tiny(path).config.text_modulation is False
+    assert load_tiny().config.text_modulation is TINY.text_modulation
