@@ -165,3 +165,26 @@ def test_a_fine_tune_adding_the_text_modulation_starts_as_the_old_model(tmp_path
     # evaluate's loader picks the config the file was trained with
     assert load_tiny(path).config.text_modulation is False
     assert load_tiny().config.text_modulation is TINY.text_modulation
+
+
+def test_batched_rendering_equals_clip_by_clip_rendering():
+    """`data.render_batch` and the trainer's batched `make_batch`: bit for bit what `render`
+    gives clip by clip, for shape and photo clips of every motion, from frame 0 and later."""
+    from qvg_serve.models import HashedWordEncoder
+    from qvg_serve.tiny.objective import make_batch
+
+    seeds = range(3000, 3120)
+    specs = [data.clip_spec(s) for s in seeds]
+    assert {s.motion for s in specs} == set(data.SHAPE_MOTIONS) | set(data.CAMERA_MOTIONS)
+    starts = [0 if s % 3 else s % 151 for s in seeds]
+    frames, cover = data.render_batch(specs, 5, starts)
+    for i, (spec, start) in enumerate(zip(specs, starts, strict=True)):
+        want, want_cover = data.render(spec, 5, start, alpha=True)
+        assert torch.equal(frames[i], want), spec.caption
+        assert torch.equal(cover[i], want_cover), spec.caption
+    encoder = HashedWordEncoder(TINY.text_len, TINY.text_dim)
+    got = make_batch(range(40, 56), 2, "cpu", encoder)
+    for a, b in zip(got, make_batch(range(40, 56), 2, "cpu", encoder, batched=False), strict=True):
+        assert torch.equal(a, b)
+    with pytest.raises(ValueError, match="2 specs but 1 starts"):
+        data.render_batch(specs[:2], 3, [0])
