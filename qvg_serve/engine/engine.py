@@ -94,8 +94,7 @@ class Engine:
         self.orders = Orders(self.pool, self.device, config.overlap_encodes)
         self.scheduler = Scheduler(scheduler_config, self.alloc)
         ws_tokens = config.max_batch_kv_tokens or self._default_workspace(scheduler_config)
-        self.ws = Workspace(ws_tokens, mc.heads, mc.head_dim, self.device, self._dtype(),
-                            config.read_ahead)  # fmt: skip
+        self.ws = Workspace(ws_tokens, mc.heads, mc.head_dim, self.device, self._dtype(), config.read_ahead)  # noqa: E501  # fmt: skip
         self.streams: dict[int, StreamTensors] = {}
         self._page_frame: dict[int, int] = {}  # page id -> latent frame it holds (RoPE position)
         self._ids = itertools.count(1)

@@ -13,6 +13,7 @@ from qvg_serve.models import TINY, HashedWordEncoder
 from qvg_serve.models.base import ChunkInput, chunk_positions
 from qvg_serve.models.pixel_ae import PixelAE
 from qvg_serve.tiny import data
+from qvg_serve.tiny.batch_render import render_batch
 
 SHIFT_T = 5.0
 """Timestep shift (the engine's `SHIFT`)."""
@@ -95,7 +96,7 @@ def make_batch(seeds, chunks: int, device, encoder: HashedWordEncoder, from_star
         lats = torch.stack([ae.encode(frames) for frames, _ in got])
         weights = torch.stack([latent_weight(cover) for _, cover in got])
         return lats, text, weights, torch.tensor(starts)
-    frames, cover = data.render_batch(specs, n, starts, device)
+    frames, cover = render_batch(specs, n, starts, device)
 
     def per_clip(x):  # [C, B * n, h, w] -> [B, C, n, h, w]
         return x.unflatten(1, (b, n)).transpose(0, 1).contiguous()

@@ -171,13 +171,14 @@ def test_batched_rendering_equals_clip_by_clip_rendering():
     """`data.render_batch` and the trainer's batched `make_batch`: bit for bit what `render`
     gives clip by clip, for shape and photo clips of every motion, from frame 0 and later."""
     from qvg_serve.models import HashedWordEncoder
+    from qvg_serve.tiny.batch_render import render_batch
     from qvg_serve.tiny.objective import make_batch
 
     seeds = range(3000, 3120)
     specs = [data.clip_spec(s) for s in seeds]
     assert {s.motion for s in specs} == set(data.SHAPE_MOTIONS) | set(data.CAMERA_MOTIONS)
     starts = [0 if s % 3 else s % 151 for s in seeds]
-    frames, cover = data.render_batch(specs, 5, starts)
+    frames, cover = render_batch(specs, 5, starts)
     for i, (spec, start) in enumerate(zip(specs, starts, strict=True)):
         want, want_cover = data.render(spec, 5, start, alpha=True)
         assert torch.equal(frames[i], want), spec.caption
@@ -187,4 +188,4 @@ def test_batched_rendering_equals_clip_by_clip_rendering():
     for a, b in zip(got, make_batch(range(40, 56), 2, "cpu", encoder, batched=False), strict=True):
         assert torch.equal(a, b)
     with pytest.raises(ValueError, match="2 specs but 1 starts"):
-        data.render_batch(specs[:2], 3, [0])
+        render_batch(specs[:2], 3, [0])
