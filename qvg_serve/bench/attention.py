@@ -6,7 +6,8 @@ Self-Forcing-1.3B shapes by default: a chunk of 3 latent frames (4,680 queries, 
 itself. Rows, per history length:
   sdpa-dense     torch SDPA over a dense post-RoPE bf16 cache [history | chunk]: the floor
   dense-sf       Self-Forcing style: RoPE on the chunk's q and k only, k/v written into the
-                 preallocated post-RoPE cache, then the same SDPA
+                 preallocated post-RoPE cache (the same fused chunk pass as the pool's:
+                 kernels.chunk_rope_triton), then the same SDPA
   read-<fmt>     the fused paged read alone (all pages -> post-RoPE workspace), GB/s written
   pool-<fmt>     the pool path per layer as the engine runs it: `--layers` layers back to
                  back on one step's `BatchRead` (`attend`: fused read + chunk RoPE + one
@@ -116,18 +117,14 @@ def _dense_rows(rope, q, kn, vn, k, v, hpos, qpos, device, repeat) -> list[dict]
     cache[1, 0, :hist] = v[0].transpose(0, 1)
     cr = ChunkRope(rope, qpos)
     rows = torch.arange(hist, hist + lq, device=device)
-    cr(kn, out=cache[0, 0], rows=rows)
-    cache[1, 0, hist:] = vn
-    qr = cr(q)
+    qr = cr.qkv(q, kn, vn, cache[0, 0], cache[1, 0], rows)
 
     def sdpa(qq):
         kk, vv = cache[0].transpose(1, 2), cache[1].transpose(1, 2)
         return F.scaled_dot_product_attention(qq[None].transpose(1, 2), kk, vv)
 
-    def dense_sf():
-        cr(kn, out=cache[0, 0], rows=rows)  # RoPE on the chunk only, into the cache
-        cache[1, 0, hist:] = vn
-        return sdpa(cr(q))
+    def dense_sf():  # RoPE on the chunk only, k and v into the cache: as the pool's step
+        return sdpa(cr.qkv(q, kn, vn, cache[0, 0], cache[1, 0], rows))
 
     _, floor = timed(lambda: sdpa(qr), device, repeat)
     _, sf = timed(dense_sf, device, repeat)

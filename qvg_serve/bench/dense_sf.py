@@ -44,8 +44,8 @@ class DenseSFContext:
         b, h = self.streams, self.history
         lq = q.shape[0] // b
         kc, vc = self.cache.k[layer, :b], self.cache.v[layer, :b]
-        self.rope(k, out=kc.flatten(0, 1), rows=self.rows)  # RoPE on the new chunk only
-        vc[:, h : h + lq] = v.view(b, lq, *v.shape[1:])
-        qb = self.rope(q).view(b, lq, *q.shape[1:]).transpose(1, 2)
+        # RoPE on the new chunk only; its k and v into the cache (one fused pass on CUDA)
+        qr = self.rope.qkv(q, k, v, kc.flatten(0, 1), vc.flatten(0, 1), self.rows)
+        qb = qr.view(b, lq, *q.shape[1:]).transpose(1, 2)
         kk, vv = (x[:, : h + lq].transpose(1, 2) for x in (kc, vc))
         return F.scaled_dot_product_attention(qb, kk, vv).transpose(1, 2).reshape(q.shape)

@@ -7,7 +7,8 @@ the workspace and its RoPE angles. Per layer:
     1. one fused read (kernels.paged_read_triton on CUDA, its torch reference elsewhere)
        decodes every history page of the batch, rotates keys, writes post-RoPE K/V:
     workspace [2, tokens, H, D]:  | s0 history | s0 chunk | s1 history | s1 chunk | ...
-    2. the chunk's keys get RoPE (cached angles) and land in their rows (one index_copy);
+    2. one fused pass over the chunk (kernels.chunk_rope_triton on CUDA): RoPE on q and k
+       (cos / sin computed once per step), k and v into their rows of the workspace;
     3. one attention call for the batch: torch SDPA with a batch dimension when every stream
        has the same lengths (flash on CUDA); else xformers' block-diagonal varlen kernel
        (BlockDiagonalMask.from_seqlens(q_seqlens, kv_seqlens)); on CPU, SDPA per stream.
@@ -25,6 +26,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
+from kernels.chunk_rope_triton import chunk_angles, chunk_qkv, chunk_qkv_ref, rotate_pairs
 from kernels.paged_read_ref import AxialRope, PagedBatch, PageFormat, paged_read_ref
 from qvg_serve.engine import kv_format as kf
 from qvg_serve.engine.kv_pool import KVPool, ReadPlan
@@ -116,9 +118,19 @@ class ChunkRope:
 
     def __init__(self, rope: AxialRope | None, positions: torch.Tensor) -> None:
         self.rope, self.pos, self.cs = rope, positions.to(torch.int64), None
-        if rope is not None and not positions.is_cuda:
-            ang = rope.angles(positions)[:, None]  # float64 [N, 1, D/2]
-            self.cs = (ang.cos().float(), ang.sin().float())
+        if rope is not None:  # once per step: fp32 cos / sin [N, D/2] from float64 angles
+            self.cs = chunk_angles(rope, self.pos)
+
+    def qkv(self, q, k, v, k_out, v_out, rows) -> torch.Tensor:
+        """The chunk's k (rotated) and v into rows `rows` of k_out / v_out [M, H, D]; returns
+        q rotated. On CUDA one fused launch (kernels.chunk_rope_triton) for all three."""
+        if self.cs is not None and q.is_cuda:
+            return chunk_qkv(q, k, v, k_out, v_out, rows, *self.cs)
+        if self.cs is not None:
+            return chunk_qkv_ref(q, k, v, k_out, v_out, rows, *self.cs)
+        k_out.index_copy_(0, rows, k.to(k_out.dtype))
+        v_out.index_copy_(0, rows, v.to(v_out.dtype))
+        return q
 
     def __call__(self, x: torch.Tensor, out=None, rows=None) -> torch.Tensor:
         """x [N, H, D] rotated; into out[rows] (out [M, H, D]) when given."""
@@ -133,10 +145,7 @@ class ChunkRope:
 
     def _torch(self, x: torch.Tensor) -> torch.Tensor:
         assert self.cs is not None
-        cos, sin = self.cs
-        x0, x1 = x.float().unflatten(-1, (-1, 2)).unbind(-1)
-        out = torch.stack([x0 * cos - x1 * sin, x0 * sin + x1 * cos], dim=-1)
-        return out.flatten(-2).to(x.dtype)
+        return rotate_pairs(x, *self.cs)
 
 
 def _fields(fields) -> dict:
@@ -250,9 +259,7 @@ class BatchRead:
     def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
         """q, k, v [sum Lq, H, D] (pre-RoPE, batch order) -> outputs [sum Lq, H, D]."""
         kv = self._history(layer)
-        self.chunk_rope(k, out=kv[0], rows=self.chunk_rows)
-        kv[1].index_copy_(0, self.chunk_rows, v.to(kv.dtype))
-        qr = self.chunk_rope(q)
+        qr = self.chunk_rope.qkv(q, k, v, kv[0], kv[1], self.chunk_rows)
         return varlen_attention(qr, kv, self.q_lens, self.kv_lens, self.use_xformers)
 
 
