@@ -26,7 +26,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from kernels.chunk_rope_triton import chunk_angles, chunk_qkv, chunk_qkv_ref, rotate_pairs
+from kernels.chunk_rope_triton import chunk_angles, chunk_qkv, chunk_qkv_ref
 from kernels.paged_read_ref import AxialRope, PagedBatch, PageFormat, paged_read_ref
 from qvg_serve.engine import kv_format as kf
 from qvg_serve.engine.kv_pool import KVPool, ReadPlan
@@ -113,8 +113,8 @@ class Workspace:
 
 
 class ChunkRope:
-    """RoPE at a step's fixed chunk positions: the fused Triton kernel on CUDA, cached angles
-    in torch elsewhere; optionally written straight into rows of a buffer (the workspace)."""
+    """RoPE at a step's fixed chunk positions (angles computed once per step) and the chunk's
+    k, v written into rows of a buffer (the workspace, or a dense cache): `qkv`."""
 
     def __init__(self, rope: AxialRope | None, positions: torch.Tensor) -> None:
         self.rope, self.pos, self.cs = rope, positions.to(torch.int64), None
@@ -131,21 +131,6 @@ class ChunkRope:
         k_out.index_copy_(0, rows, k.to(k_out.dtype))
         v_out.index_copy_(0, rows, v.to(v_out.dtype))
         return q
-
-    def __call__(self, x: torch.Tensor, out=None, rows=None) -> torch.Tensor:
-        """x [N, H, D] rotated; into out[rows] (out [M, H, D]) when given."""
-        if self.rope is not None and x.is_cuda:
-            from kernels.paged_read_triton import rope_rows
-
-            return rope_rows(x, self.pos, self.rope, out, rows)
-        y = x if self.cs is None else self._torch(x)
-        if out is None:
-            return y
-        return out.index_copy_(0, rows, y.to(out.dtype))
-
-    def _torch(self, x: torch.Tensor) -> torch.Tensor:
-        assert self.cs is not None
-        return rotate_pairs(x, *self.cs)
 
 
 def _fields(fields) -> dict:
