@@ -17,7 +17,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.paged_read_ref import AxialRope
+from kernels.paged_read_ref import AxialRope, rotate_pairs
 
 CHUNK_LAUNCH = (8, 4, 4)
 """(tokens per program, heads per program (lowered to a divisor of H), warps): the best of
@@ -28,13 +28,6 @@ def chunk_angles(rope: AxialRope, positions: torch.Tensor) -> tuple[torch.Tensor
     """(cos, sin) fp32 [N, D/2] at positions [N], from float64 angles (as `AxialRope.rotate`)."""
     ang = rope.angles(positions.to(torch.int64))
     return ang.cos().float().contiguous(), ang.sin().float().contiguous()
-
-
-def rotate_pairs(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x [N, H, D] with pairs (2i, 2i + 1) rotated by cos / sin [N, D/2] (product in fp32)."""
-    x0, x1 = x.float().unflatten(-1, (-1, 2)).unbind(-1)
-    c, s = cos[:, None], sin[:, None]
-    return torch.stack([x0 * c - x1 * s, x0 * s + x1 * c], dim=-1).flatten(-2).to(x.dtype)
 
 
 def chunk_qkv_ref(q, k, v, k_out, v_out, rows, cos, sin) -> torch.Tensor:

@@ -40,6 +40,14 @@ HI_ROWS = 1024
 """Rows of the high table: coordinates below LO_ROWS * HI_ROWS (262,144) are exact."""
 
 
+def rotate_pairs(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x [N, H, D] with channel pairs (2i, 2i + 1) rotated by cos / sin [N, D/2] (product in
+    fp32, result in x's dtype)."""
+    x0, x1 = x.float().unflatten(-1, (-1, 2)).unbind(-1)
+    c, s = cos[:, None], sin[:, None]
+    return torch.stack([x0 * c - x1 * s, x0 * s + x1 * c], dim=-1).flatten(-2).to(x.dtype)
+
+
 @dataclass(frozen=True, slots=True)
 class AxialRope:
     """A rotary embedding whose channel pairs (2i, 2i+1) each follow one position axis.
@@ -90,11 +98,8 @@ class AxialRope:
 
     def rotate(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """x [T, H, D] rotated at positions [T] (angles in float64, product in fp32)."""
-        ang = self.angles(positions.to(x.device))[:, None]
-        cos, sin = ang.cos().float(), ang.sin().float()
-        x0, x1 = x.float().unflatten(-1, (-1, 2)).unbind(-1)
-        out = torch.stack([x0 * cos - x1 * sin, x0 * sin + x1 * cos], dim=-1)
-        return out.flatten(-2).to(x.dtype)
+        ang = self.angles(positions.to(x.device))
+        return rotate_pairs(x, ang.cos().float(), ang.sin().float())
 
     def tables(self, device) -> torch.Tensor:
         """fp32 [4, rows, D/2]: cos/sin of lo * inv (rows < LO_ROWS), then cos/sin of

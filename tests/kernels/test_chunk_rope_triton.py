@@ -1,7 +1,7 @@
 """The fused chunk pass (RoPE on q and k, k and v into their rows) equals its torch reference
-and `AxialRope.rotate`, through the Triton interpreter on CPU (the `gpu` lane on CUDA), for
-Wan's 3D RoPE and plain 1D RoPE, strided inputs (views of a fused qkv projection), odd token and
-head counts and every launch shape."""
+and the model's own RoPE (WanRope, rope_1d), through the Triton interpreter on CPU (the `gpu`
+lane on CUDA), for Wan's 3D RoPE and plain 1D RoPE, strided inputs (views of a fused qkv
+projection), odd token and head counts and every launch shape."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from conftest import tol
 
 from kernels.chunk_rope_triton import chunk_angles, chunk_qkv, chunk_qkv_ref
 from kernels.paged_read_ref import AxialRope
+from qvg_serve.engine.paged_attention import rope_1d
 from qvg_serve.models.wan_blocks import WanRope
 
 
@@ -27,15 +28,18 @@ def _case(n, h, d, rope, device="cpu", fused=False, seed=0):
 
 
 @pytest.mark.parametrize(
-    "n,h,d,rope,fused,launch",
+    "n,h,d,model_rope,fused,launch",
     [
-        (37, 3, 24, WanRope(24, (5, 7)).axial(), False, (16, 4, 4)),
-        (37, 3, 24, WanRope(24, (5, 7)).axial(), True, (8, 2, 2)),
-        (20, 5, 16, AxialRope.one_d(16), True, (16, 1, 4)),
-        (3, 2, 128, WanRope(128, (30, 52)).axial(), False, (16, 4, 4)),
+        (37, 3, 24, WanRope(24, (5, 7)), False, (16, 4, 4)),
+        (37, 3, 24, WanRope(24, (5, 7)), True, (8, 2, 2)),
+        (20, 5, 16, rope_1d, True, (16, 1, 4)),
+        (3, 2, 128, WanRope(128, (30, 52)), False, (16, 4, 4)),
     ],
 )
-def test_chunk_qkv_equals_reference_and_axial_rope(n, h, d, rope, fused, launch):
+def test_chunk_qkv_equals_reference_and_the_models_rope(n, h, d, model_rope, fused, launch):
+    """model_rope: the model's own RoPE (WanRope's forward, or rope_1d), written apart from
+    AxialRope: the oracle for what the reference computes."""
+    rope = model_rope.axial() if isinstance(model_rope, WanRope) else AxialRope.one_d(d)
     q, k, v, pos, rows, rope = _case(n, h, d, rope, fused=fused)
     cos, sin = chunk_angles(rope, pos)
     m = n + 9
@@ -47,8 +51,8 @@ def test_chunk_qkv_equals_reference_and_axial_rope(n, h, d, rope, fused, launch)
     torch.testing.assert_close(ko[rows], kr[rows], **tol("bf16"))
     assert torch.equal(vo[rows], v)  # a copy: bit for bit
     # the reference is the model's RoPE
-    torch.testing.assert_close(qr, rope.rotate(q.float(), pos).bfloat16(), **tol("bf16"))
-    torch.testing.assert_close(kr[rows], rope.rotate(k.float(), pos).bfloat16(), **tol("bf16"))
+    torch.testing.assert_close(qr, model_rope(q.float(), pos).bfloat16(), **tol("bf16"))
+    torch.testing.assert_close(kr[rows], model_rope(k.float(), pos).bfloat16(), **tol("bf16"))
     rest = torch.ones(m, dtype=torch.bool)
     rest[rows] = False
     assert torch.isnan(ko[rest].float()).all() and torch.isnan(vo[rest].float()).all()
