@@ -1,8 +1,11 @@
 """Triton fused QVG decode: unpack + scale (+ zero) + un-rotate + add every stage's centroid.
 
-A tile is `Launch.block_s` tokens x all D/G groups of head_dim, everything in registers, one
-pass: each output element is written once and each code byte, scale and id is read once from
-HBM (centroid tables, 64 KiB per row and stage at C=256, D=128, stay in L2).
+A tile is `Launch.block_s` tokens x all D/G groups of head_dim, one thread per token-group,
+everything in registers, one pass: each output element is written once and each code byte,
+scale and id is read once from HBM (centroid tables, 64 KiB per row and stage at C=256, D=128,
+stay in L2). A thread holds its group's G values, so the unpack and the butterflies move no
+data between threads; the finished tile (out dtype) goes through shared memory once so that a
+warp's stores are contiguous.
 
 Exact un-rotation in registers: a group shares one scale, so
     H_n (s * (q - m)) = (s / sqrt(G)) * (H_pm1 (q - m))
@@ -32,8 +35,9 @@ from .spec import QuantSpec
 class Launch:
     """Launch shape of the decode kernel (results do not depend on it, only the speed).
 
-    Defaults from the H100 sweep (tools/decode_sweep.py): qvg-int2 [1, 12, 37440, 128] bf16 in
-    76.7 us = 60.0% of a bf16 clone; smaller/larger tiles or other warp counts were slower.
+    Defaults from the H200 sweep of 2026-12-03 (BENCHMARKS.md, "Tenth session"): qvg-int2
+    [1, 12, 37440, 128] -> bf16 in 54.7 us = 61.5 % of a bf16 clone, one program per tile
+    (the lane layout this kernel replaced: 63.8 us, 52.6 %, same run).
     """
 
     block_s: int = 32
@@ -42,8 +46,12 @@ class Launch:
     """Warps per program."""
     num_stages: int = 3
     """Software pipelining depth of the tile loop."""
-    waves: int = 16
+    waves: int = 0
     """Persistent grid of waves * SM-count programs; 0: one program per tile."""
+    half: bool = False
+    """Butterflies in fp16 at <= 4 bits, fp32 at 8. Exact either way: at G <= 128 every partial
+    sum is a half-integer of magnitude <= 960 (symmetric) or an integer <= 1920 (asymmetric),
+    which fp16 holds exactly."""
 
     def __post_init__(self) -> None:
         if self.block_s < 1 or self.block_s & (self.block_s - 1):
@@ -100,50 +108,52 @@ def _e4m3(b):
 
 
 @triton.jit
+def _fwht_rows(x, G: tl.constexpr, BM: tl.constexpr, LOG_G: tl.constexpr):
+    """Unnormalized +-1 Sylvester transform of each row of x [BM, G] (fp32, exact on integers),
+    in place: the stage for bit k pairs j and j + 2^k. With a row in one thread's registers
+    (the decode kernel's layout) the reshapes and permutes move no data: no shuffles, no
+    shared memory."""
+    for k in tl.static_range(LOG_G):
+        x4 = tl.reshape(x, (BM, G >> (k + 1), 2, 1 << k))
+        a, b = tl.split(tl.permute(x4, (0, 1, 3, 2)))
+        x = tl.reshape(tl.permute(tl.join(a + b, a - b), (0, 1, 3, 2)), (BM, G))
+    return x
+
+
+@triton.jit
 def _decode_kernel(
-    codes_ptr,
-    scales_ptr,
-    zeros_ptr,
-    sos_ptr,
-    c_ptr,
-    ids_ptr,
-    out_ptr,
-    R,
-    S,
-    C,
-    H_OUT,
-    stride_b,
-    stride_h,
-    stride_s,
-    N,
-    n_tiles,
-    D: tl.constexpr,
-    G: tl.constexpr,
-    T: tl.constexpr,
-    BITS: tl.constexpr,
-    SYM: tl.constexpr,
-    ROTATE: tl.constexpr,
-    HAS_SOS: tl.constexpr,
-    BM: tl.constexpr,
-    LOG_G: tl.constexpr,
-    FP8: tl.constexpr,
-    CONTIG: tl.constexpr,
-):
-    """Tiles of BM token-groups (flat index n = (row*S + token)*NG + g over all rows): codes,
-    scales and (contiguous) outputs of a tile are contiguous; a persistent grid strides over
-    the tiles."""
+    words_ptr, scales_ptr, zeros_ptr, sos_ptr, c_ptr, ids_ptr, out_ptr,
+    R, S, C, H_OUT, stride_b, stride_h, stride_s, N, n_tiles,
+    D: tl.constexpr, G: tl.constexpr, T: tl.constexpr, BITS: tl.constexpr,
+    SYM: tl.constexpr, ROTATE: tl.constexpr, HAS_SOS: tl.constexpr, BM: tl.constexpr,
+    LOG_G: tl.constexpr, FP8: tl.constexpr, CONTIG: tl.constexpr, HALF: tl.constexpr,
+):  # fmt: skip
+    """Tiles of BM token-groups (flat index n = (row*S + token)*NG + g over all rows), one
+    thread per token-group: its G values are a [NC, 8] block of registers (chunk c = codes
+    8c..8c+7 = one word), so the unpack, the butterflies and the scale are in-thread, and its
+    codes, centroid row and output load and store as 16-byte vectors. A persistent grid
+    strides over the tiles."""
     LEVELS: tl.constexpr = 1 << BITS
+    MASK: tl.constexpr = LEVELS - 1
     NG: tl.constexpr = D // G
-    offs_c = tl.arange(0, G)
+    NC: tl.constexpr = G // 8
     offs_m = tl.arange(0, BM)
+    offs_c = tl.arange(0, G)
+    cc = tl.arange(0, NC)
+    ee = tl.arange(0, 8)
+    j3 = cc[None, :, None] * 8 + ee[None, None, :]  # [1, NC, 8]
     for tile in range(tl.program_id(0), n_tiles, tl.num_programs(0)):
         n = tile * BM + offs_m
         ok = n < N
-        tg = n // NG  # flat token index over R*S
+        tg = n // NG
         g = n % NG
         row = tg // S
         tok = tg - row * S
-        q = _unpack(codes_ptr, n, ok, G, BITS).to(tl.float32)
+        wp = words_ptr + n[:, None].to(tl.int64) * NC + cc[None, :]
+        w = tl.load(wp, mask=ok[:, None], other=0)  # [BM, NC]: code 8c + e at bits e*BITS
+        w = w.to(tl.int64) if BITS == 8 else w.to(tl.int32)  # sign bits are masked off below
+        q = (w[:, :, None] >> (ee[None, None, :] * BITS)) & MASK  # [BM, NC, 8]
+        q = q.to(tl.float16 if HALF else tl.float32)  # HALF only with ROTATE
         if FP8:  # e4m3 bytes decoded with integer ops (cheaper here than the fp8 convert)
             s = _e4m3(tl.load(scales_ptr + n, mask=ok, other=0).to(tl.int32))
         else:
@@ -152,21 +162,22 @@ def _decode_kernel(
             s = s * tl.load(sos_ptr + row, mask=ok, other=1.0)
         lv = q - (LEVELS - 1) / 2 if SYM else q
         if ROTATE:  # H_n (s * lv) = (s / sqrt(G)) * (H_pm1 lv): exact butterflies, one multiply
-            y = _fwht(lv, BM, G, LOG_G) * (s * (1.0 / tl.sqrt(G * 1.0)))[:, None]
+            y = _fwht_rows(tl.reshape(lv, (BM, G)), G, BM, LOG_G).to(tl.float32)
+            y = tl.reshape(y, (BM, NC, 8)) * (s * (1.0 / tl.sqrt(G * 1.0)))[:, None, None]
         else:
-            y = lv * s[:, None]
+            y = lv * s[:, None, None]
         if not SYM:
             z = tl.load(zeros_ptr + n, mask=ok, other=0.0).to(tl.float32)
             if HAS_SOS:
                 z = z * tl.load(sos_ptr + row, mask=ok, other=1.0)
             if ROTATE:  # H_n (z * 1) = z * sqrt(G) on column 0 only
-                y += tl.where(offs_c[None, :] == 0, z[:, None] * tl.sqrt(G * 1.0), 0.0)
+                y += tl.where(j3 == 0, z[:, None, None] * tl.sqrt(G * 1.0), 0.0)
             else:
-                y += z[:, None]
+                y += z[:, None, None]
         for t in tl.static_range(T):
             idx = tl.load(ids_ptr + (t * R * S + tg.to(tl.int64)), mask=ok, other=0)
             cbase = ((t * R + row.to(tl.int64)) * C + idx.to(tl.int64)) * D + g * G
-            cen = tl.load(c_ptr + cbase[:, None] + offs_c[None, :], mask=ok[:, None], other=0.0)
+            cen = tl.load(c_ptr + cbase[:, None, None] + j3, mask=ok[:, None, None], other=0.0)
             y += cen.to(tl.float32)
         if CONTIG:  # out is [B, H, S, D] contiguous: token-group n's values are n*G..
             obase = n.to(tl.int64) * G
@@ -177,11 +188,24 @@ def _decode_kernel(
                 + tok.to(tl.int64) * stride_s
                 + g * G
             )
-        tl.store(
-            out_ptr + obase[:, None] + offs_c[None, :],
-            y.to(out_ptr.dtype.element_ty),
-            mask=ok[:, None],
-        )
+        # stored as [BM, G] rows: the compiler moves the out-dtype tile through shared memory
+        # once so that a warp's 16-byte stores are contiguous (thread-per-group stores would
+        # stride 2*G bytes apart: 1.7x slower on an H200)
+        op = out_ptr + obase[:, None] + offs_c[None, :]
+        yo = tl.reshape(y.to(out_ptr.dtype.element_ty), (BM, G))
+        tl.store(op, yo, mask=ok[:, None])
+
+
+_WORD = {2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
+def _words(codes: torch.Tensor, bits: int) -> torch.Tensor:
+    """codes as one word per 8 codes (int16 at 2 bits, int32 at 4, int64 at 8): a group's
+    chunks load as one vector per thread."""
+    codes = codes.contiguous()
+    if codes.storage_offset() % _WORD[bits].itemsize:  # a view at an odd byte offset
+        codes = codes.clone()
+    return codes.view(_WORD[bits])
 
 
 @functools.cache
@@ -237,7 +261,7 @@ def decode(
         grid = min(n_tiles, launch.waves * _num_sms(codes.device.index or 0))
     fp8 = scales.dtype == torch.float8_e4m3fn
     _decode_kernel[(grid,)](
-        codes.contiguous(),
+        _words(codes, spec.bits),
         scales.contiguous().view(torch.uint8) if fp8 else scales.contiguous(),
         scales if zeros is None else zeros.contiguous(),
         scales if scale_of_scales is None else scale_of_scales.contiguous(),
@@ -264,6 +288,7 @@ def decode(
         LOG_G=g.bit_length() - 1,
         FP8=fp8,
         CONTIG=out.is_contiguous(),
+        HALF=launch.half and spec.rotate and spec.bits <= 4,
         num_warps=launch.num_warps,
         num_stages=launch.num_stages,
     )

@@ -127,6 +127,30 @@ def test_launch_shape_does_not_change_results():
         dt.Launch(block_s=24)
 
 
+@pytest.mark.parametrize(
+    "bits,group,sym", [(2, 64, True), (2, 16, True), (4, 128, True), (4, 128, False)]
+)
+def test_fp16_butterflies_equal_fp32_ones(bits, group, sym):
+    """Launch.half keeps the butterflies in fp16 at <= 4 bits: exact only if every partial sum
+    fits, so the largest codes (all levels at the top, |sum| = G * (L - 1) / 2 or G * (L - 1))
+    and random ones must give bit-identical fp32 output either way."""
+    qs = QuantSpec(bits=bits, group_size=group, symmetric=sym, scale_search=False,
+                   scale_dtype=ScaleDtype.FP16)  # fmt: skip
+    b, h, s, d = 1, 2, 40, 128
+    gen = torch.Generator().manual_seed(bits * group)
+    codes = torch.randint(0, 256, (b, h, s, d * bits // 8), generator=gen, dtype=torch.uint8)
+    codes[:, :, :8] = 255  # top level everywhere: the largest sums
+    scales = (torch.rand(b, h, s, d // group, generator=gen) + 0.5).half()
+    zeros = None if sym else torch.randn(b, h, s, d // group, generator=gen).half()
+    args = (codes, scales, zeros, None, None, None, qs)
+    got = {
+        half: dt.decode(*args, out_dtype=torch.float32, launch=dt.Launch(half=half))
+        for half in (True, False)
+    }
+    assert torch.equal(got[True], got[False])
+    assert got[True][:, :, :8].abs().max() > 0
+
+
 @pytest.mark.gpu
 def test_decode_full_size_gpu():
     x = _x(1, 12, 37440, 128).cuda()
