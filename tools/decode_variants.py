@@ -1,8 +1,10 @@
 """Alternatives of the fused QVG decode (kernels/decode_triton.py), kept for tuning sweeps.
 
-The product kernel in `kernels.decode_triton` has one path: register butterflies ("fwht") with
-joined code loads and default eviction. This module keeps the kernel as it was before that
-choice, with every switch, so `tools/decode_sweep.py` can re-measure them on new hardware:
+The product kernel in `kernels.decode_triton` has one path: one thread per token-group,
+register butterflies, the finished tile through shared memory to contiguous stores (since
+2026-12-03). This module keeps an earlier kernel (the lane layout: a group's values spread over
+a warp's lanes) with every switch it was tuned over, so `tools/decode_sweep.py` can re-measure
+them on new hardware:
 
     rot     "dot" fp16 [BM, G] x [G, G] tensor-core dot of the +-1 Sylvester matrix;
             "dot_i8" the same as an int8 dot of 2*(q - m) (exact int32 accumulation; bits <= 4
