@@ -35,20 +35,21 @@ from .spec import QuantSpec
 class Launch:
     """Launch shape of the decode kernel (results do not depend on it, only the speed).
 
-    Defaults from the H200 sweep of 2026-12-03 (BENCHMARKS.md, "Tenth session"): qvg-int2
-    [1, 12, 37440, 128] -> bf16 in 54.7 us = 61.5 % of a bf16 clone, one program per tile
-    (the lane layout this kernel replaced: 63.8 us, 52.6 %, same run).
+    Defaults from the H200 sweeps of 2026-12-03 (BENCHMARKS.md, "Tenth session"): qvg-int2
+    [1, 12, 37440, 128] -> bf16 in 51.7 / 50.9 us (two runs) = 65-66 % of a bf16 clone, one
+    program per tile, fp16 butterflies, 2 pipeline stages (the c0871e3 kernel: 63.4-63.9 us,
+    53 %, same runs).
     """
 
     block_s: int = 32
     """Tokens per tile (a tile is block_s * D/G token-groups)."""
     num_warps: int = 2
     """Warps per program."""
-    num_stages: int = 3
+    num_stages: int = 2
     """Software pipelining depth of the tile loop."""
     waves: int = 0
     """Persistent grid of waves * SM-count programs; 0: one program per tile."""
-    half: bool = False
+    half: bool = True
     """Butterflies in fp16 at <= 4 bits, fp32 at 8. Exact either way: at G <= 128 every partial
     sum is a half-integer of magnitude <= 960 (symmetric) or an integer <= 1920 (asymmetric),
     which fp16 holds exactly."""
