@@ -110,10 +110,10 @@ def _e4m3(b):
 
 @triton.jit
 def _fwht_rows(x, G: tl.constexpr, BM: tl.constexpr, LOG_G: tl.constexpr):
-    """Unnormalized +-1 Sylvester transform of each row of x [BM, G] (fp32, exact on integers),
-    in place: the stage for bit k pairs j and j + 2^k. With a row in one thread's registers
-    (the decode kernel's layout) the reshapes and permutes move no data: no shuffles, no
-    shared memory."""
+    """Unnormalized +-1 Sylvester transform of each row of x [BM, G] (fp32 or fp16; exact while
+    the partial sums fit the dtype, see Launch.half), in place: the stage for bit k pairs j and
+    j + 2^k. With a row in one thread's registers (the decode kernel's layout) the reshapes and
+    permutes move no data: no shuffles, no shared memory."""
     for k in tl.static_range(LOG_G):
         x4 = tl.reshape(x, (BM, G >> (k + 1), 2, 1 << k))
         a, b = tl.split(tl.permute(x4, (0, 1, 3, 2)))
@@ -131,9 +131,10 @@ def _decode_kernel(
 ):  # fmt: skip
     """Tiles of BM token-groups (flat index n = (row*S + token)*NG + g over all rows), one
     thread per token-group: its G values are a [NC, 8] block of registers (chunk c = codes
-    8c..8c+7 = one word), so the unpack, the butterflies and the scale are in-thread, and its
-    codes, centroid row and output load and store as 16-byte vectors. A persistent grid
-    strides over the tiles."""
+    8c..8c+7 = one word), so the unpack, the butterflies, the scale and the centroid add are
+    in-thread (codes and centroid rows load as 16-byte vectors); the finished tile crosses to
+    a row layout for contiguous 16-byte stores. With Launch.waves > 0 a persistent grid strides
+    over the tiles."""
     LEVELS: tl.constexpr = 1 << BITS
     MASK: tl.constexpr = LEVELS - 1
     NG: tl.constexpr = D // G
@@ -146,7 +147,7 @@ def _decode_kernel(
     for tile in range(tl.program_id(0), n_tiles, tl.num_programs(0)):
         n = tile * BM + offs_m
         ok = n < N
-        tg = n // NG
+        tg = n // NG  # flat token index over R*S
         g = n % NG
         row = tg // S
         tok = tg - row * S
