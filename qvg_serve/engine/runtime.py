@@ -14,7 +14,13 @@ from typing import NamedTuple
 import torch
 
 from qvg_serve.engine.config import EngineConfig
-from qvg_serve.models import HashedWordEncoder, build_model, get_preset, load_checkpoint
+from qvg_serve.models import (
+    HashedWordEncoder,
+    build_model,
+    get_preset,
+    load_checkpoint,
+    weights_prediction,
+)
 from qvg_serve.models.causal_wan import CausalWan
 
 WEIGHTS_DIR = Path(__file__).parent.parent / "weights"  # qvg_serve/weights
@@ -81,6 +87,12 @@ def load_runtime(cfg: EngineConfig, warn=print) -> Runtime:
     if path is not None:
         if not path.exists():
             raise ValueError(f"weights {str(path)!r}: no such file")
+        predicts = weights_prediction(path)
+        if predicts != mc.prediction:
+            raise ValueError(
+                f"weights {str(path)!r} predict {predicts!r} but model {mc.name!r} has "
+                f"prediction={mc.prediction!r}: these weights are for another model"
+            )
         load_checkpoint(model, path)
         source = str(path)
     else:

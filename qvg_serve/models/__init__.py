@@ -10,6 +10,7 @@ from qvg_serve.models.loader import (
     load_checkpoint,
     load_into,
     load_state_dict_file,
+    weights_prediction,
 )
 from qvg_serve.models.presets import PRESETS, SELF_FORCING_1_3B, TINY, TINY_TEST, get_preset
 from qvg_serve.models.text import HashedWordEncoder
@@ -33,5 +34,6 @@ __all__ = [
     "load_checkpoint",
     "load_into",
     "load_state_dict_file",
+    "weights_prediction",
     "num_parameters",
 ]

@@ -28,6 +28,12 @@ if TYPE_CHECKING:  # models/ sits below the engine room: no import of it at load
     from qvg_serve.engine.kv_format import KVShape
 
 
+PREDICTIONS = ("flow", "x0")
+X0_SIGMA_MIN = 0.05
+"""An x0 head's flow divides by max(sigma, this) (sigma -> 0 at t -> 0: the commit pass's
+clean chunk, whose output nobody reads, and < 1 % of training timesteps)."""
+
+
 @dataclass(frozen=True, slots=True)
 class ModelConfig:
     """Shapes of a chunk-causal video DiT (Wan2.1 family) and its few-step sampler."""
@@ -81,11 +87,25 @@ class ModelConfig:
     Only for a model trained with text dropout (`tiny.train --text-dropout`); every preset
     has 1.0 (on the tiny model, scales 2-4.5 measured worse: docs/tiny_model.md)."""
 
+    prediction: str = "flow"
+    """What the network's head outputs: "flow" (v = noise - x0, Wan2.1 and Self-Forcing) or
+    "x0" (the clean chunk, as JiT argues for when a token's patch is wide next to the
+    model: the tiny model's 192 values per token against dim 256). Either way `forward`
+    returns the flow: an x0 head's output becomes (x_t - x0) / sigma(t), sigma from
+    `shift` and floored at `X0_SIGMA_MIN`, so the sampler, the engine and the loss are the
+    same for both; at every sampler step (sigma >= 0.63) the sampler's clean estimate x_t -
+    sigma * flow is the head's x0 exactly."""
+    shift: float = 5.0
+    """Timestep shift of the noise schedule, sigma(t) = shift s / (1 + (shift - 1) s), s =
+    t / 1000: the engine's `SHIFT` (5.0, every preset); only an x0 head reads it."""
+
     def __post_init__(self) -> None:
         if self.dim % self.heads:
             raise ValueError(f"dim {self.dim} is not a multiple of heads {self.heads}")
         if not self.guidance >= 1.0:
             raise ValueError(f"guidance must be >= 1.0, got {self.guidance}")
+        if self.prediction not in PREDICTIONS:
+            raise ValueError(f"prediction must be one of {PREDICTIONS}, got {self.prediction!r}")
         _, ph, pw = self.patch
         if self.latent_height % ph or self.latent_width % pw:
             raise ValueError("latent_height/latent_width must be multiples of the patch size")

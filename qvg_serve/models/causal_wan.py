@@ -9,7 +9,8 @@ its own text, as one flat token matrix:
     per block: x += gate * self_attn(ctx)   (each chunk's rows use their own e0[b])
                x += cross_attn(x_b -> context[b])
                x += gate * ffn
-    head(x, e) ─unpatchify─> flow prediction [C, F, H, W] per chunk (fp32)
+    head(x, e) ─unpatchify─> flow prediction [C, F, H, W] per chunk (fp32); an x0 head
+      (`ModelConfig.prediction`) predicts the clean chunk, returned as its flow
 
 Self-attention is the only place chunks meet their history: the model hands q, k, v (k after
 norm_k, before RoPE) to the `AttentionContext`, which owns the cache and applies `rope`.
@@ -27,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from kernels.paged_read_ref import AxialRope
-from qvg_serve.models.base import AttentionContext, ChunkInput, ModelConfig
+from qvg_serve.models.base import X0_SIGMA_MIN, AttentionContext, ChunkInput, ModelConfig
 from qvg_serve.models.wan_blocks import (
     Segments,
     WanBlock,
@@ -104,9 +105,19 @@ class CausalWan(nn.Module):
             x = block(x, e0, segs, context, ctx, layer)
         out = self.head(x, e, segs)
         patch = self.config.patch
-        return [
+        heads = [
             unpatchify(o, g, patch) for o, g in zip(out.split(segs.lengths), grids, strict=True)
         ]
+        if self.config.prediction == "x0":
+            return [self._flow_from_x0(ch, x0) for ch, x0 in zip(chunks, heads, strict=True)]
+        return heads
+
+    def _flow_from_x0(self, chunk: ChunkInput, x0: torch.Tensor) -> torch.Tensor:
+        """An x0 head's output -> the flow (x_t - x0) / max(sigma(t), X0_SIGMA_MIN), fp32."""
+        s = chunk.timestep / 1000.0
+        shift = self.config.shift
+        sig = max(shift * s / (1.0 + (shift - 1.0) * s), X0_SIGMA_MIN)
+        return (chunk.latents.to(x0.device, torch.float32) - x0.float()) / sig
 
     def _grid(self, latents: torch.Tensor) -> tuple[int, int, int]:
         """Token grid (frames, rows, cols) of a chunk; its latent shape must fit the config

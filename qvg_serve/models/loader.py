@@ -43,6 +43,19 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
     return normalize_state_dict(torch.load(path, map_location="cpu", weights_only=True))
 
 
+def weights_prediction(path: str | Path) -> str:
+    """What the head of a weights file predicts: its safetensors metadata's "prediction"
+    ("flow" or "x0", written by `tiny.train`); "flow" for any other file (Wan2.1,
+    Self-Forcing and every earlier file predict the flow)."""
+    path = Path(path)
+    if path.suffix != ".safetensors" or not path.is_file():
+        return "flow"
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return (f.metadata() or {}).get("prediction", "flow")
+
+
 def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 

@@ -62,6 +62,7 @@ TINY = ModelConfig(
     frames_per_latent=1,
     frame_pos_embedding=True,
     text_modulation=True,
+    prediction="x0",
 )
 """The model the project trains and ships (`qvg_serve/weights/tiny.safetensors`, fp16,
 ~13 MB; `python -m qvg_serve.tiny.train`): near-pixel space through `PixelAE` (64 x 96 RGB
@@ -70,7 +71,9 @@ frames, pixel-unshuffle by 4 -> 48 x 16 x 24 latents, one latent frame per video
 every QVG group size (16..64) divides it. Text: `HashedWordEncoder(16, 64)`. Unlike Wan2.1 it
 has a frame position embedding (`frame_pos_embedding`): it draws a caption's fixed first pose
 from noise, where RoPE alone does not say where a token is; and the caption also modulates
-every block (`text_modulation`), as well as entering through cross-attention."""
+every block (`text_modulation`), as well as entering through cross-attention. Its head
+predicts the clean chunk (`prediction="x0"`, returned as the flow): its patches are 192
+values wide next to a 256-wide model, where a flow head must carry the noise through."""
 
 
 TINY_OPS = replace(TINY, name="tiny-ops", layers=1, dim=64, heads=1, ffn_dim=128, freq_dim=32)

@@ -32,6 +32,7 @@ from qvg_serve.models import (
     build_model,
     load_checkpoint,
     load_state_dict_file,
+    weights_prediction,
 )
 from qvg_serve.models.base import ChunkInput
 from qvg_serve.models.pixel_ae import PixelAE
@@ -49,10 +50,11 @@ PROMPTS = (
 
 def load_tiny(path=None, device="cpu"):
     """The tiny model with weights from `path` (default: the shipped ones); a file with (or
-    without) the text modulation's tensors gets a model with (or without) it."""
+    without) the text modulation's tensors gets a model with (or without) it, and the head
+    its metadata says (`weights_prediction`: flow or x0)."""
     path = path or shipped_weights("tiny")
     has = any(k.startswith("text_modulation.") for k in load_state_dict_file(path))
-    config = TINY if has == TINY.text_modulation else dataclasses.replace(TINY, text_modulation=has)
+    config = dataclasses.replace(TINY, text_modulation=has, prediction=weights_prediction(path))
     model = build_model(config, device, torch.float32)
     load_checkpoint(model, path)
     return model.eval().requires_grad_(False)

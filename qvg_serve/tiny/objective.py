@@ -65,6 +65,13 @@ START_FRACTION = 0.5
 start at a random frame in [1, 150] and teach continuation far into a clip."""
 
 
+X0_LOSS_SIGMA = 0.2
+"""For an x0 head (`ModelConfig.prediction`) the flow error of a chunk is its x0 error / sigma,
+so near t = 0 a few chunks (1 / sigma^2 up to 400) would outweigh the rest; below this sigma
+the loss weighs the x0 error as at this sigma (x0 MSE x 25 at most). The sampler's own steps
+(sigma >= 0.63) keep the plain flow MSE."""
+
+
 def clip_window(seed: int) -> int:
     """Start frame of training clip `seed`: 0 with probability START_FRACTION, else a random
     frame in [1, 150] (both drawn from the seed)."""
@@ -138,7 +145,8 @@ def flow_loss(
     pose only at frame 0. `motion_weight` adds the weighted MSE of the error's change from
     frame to frame inside a chunk: the same optimum, but a chunk drawn from the caption alone
     that stands still while the object should move costs more (its 1-2 px per frame of
-    motion is below the 8 px token and barely shows in the plain MSE). `text_dropout`: the
+    motion is below the 8 px token and barely shows in the plain MSE). An x0 head's error is
+    capped at sigma < `X0_LOSS_SIGMA` (its x0 error / 0.2 there). `text_dropout`: the
     share of clips whose noisy chunks get the empty text (clean context keeps the caption,
     as the engine's cache does): the unconditional model classifier-free guidance needs."""
     latents, text, weight, starts = batch
@@ -166,7 +174,10 @@ def flow_loss(
         chunks += [ChunkInput(xt[i, j], float(t[i, j]), noisy_text, j * fpc) for j in range(k)]
     out = model(chunks, BlockCausalContext(model, k))
     pred = torch.stack([out[i * (2 * k - 1) + k - 1 + j] for i in range(b) for j in range(k)])
-    err = (pred.float() - (noise - x0).reshape(pred.shape).float()).pow(2)
+    diff = pred.float() - (noise - x0).reshape(pred.shape).float()  # [B*K, C, 3, h, w]
+    if model.config.prediction == "x0":  # flow error = x0 error / sigma: cap 1 / sigma there
+        diff = diff * (s.reshape(-1, 1, 1, 1, 1) / X0_LOSS_SIGMA).clamp(max=1.0)
+    err = diff.pow(2)
     w = weight.unflatten(2, (k, fpc)).permute(0, 2, 1, 3, 4, 5).reshape(err.shape)
     scored = torch.ones(b, k, device=err.device)
     scored[:, 0] = (starts == 0).float().to(err.device)
@@ -175,7 +186,6 @@ def flow_loss(
     obj_mse = (err * obj).sum() / obj.sum().clamp(min=1)
     loss = (err * w).sum() / w.sum()
     if motion_weight:
-        diff = pred.float() - (noise - x0).reshape(pred.shape).float()  # [B*K, C, 3, h, w]
         step = (diff[:, :, 1:] - diff[:, :, :-1]).pow(2)
         wm = w[:, :, 1:]
         loss = loss + motion_weight * (step * wm).sum() / wm.sum().clamp(min=1e-6)

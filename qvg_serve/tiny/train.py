@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 
 from qvg_serve.models import TINY, HashedWordEncoder, build_model
+from qvg_serve.models.base import PREDICTIONS
 from qvg_serve.models.loader import load_into, load_state_dict_file
 from qvg_serve.models.pixel_ae import SCALE, SHIFT
 from qvg_serve.tiny import data
@@ -71,11 +72,14 @@ def new_model(seed: int, device, config=TINY):
     return model
 
 
-def model_config(text_modulation: bool | None = None):
-    """TINY, with the text modulation switched on or off (None: as the preset has it)."""
-    if text_modulation is None or text_modulation == TINY.text_modulation:
-        return TINY
-    return replace(TINY, text_modulation=text_modulation)
+def model_config(text_modulation: bool | None = None, prediction: str | None = None):
+    """TINY, with the text modulation switched on or off and the head predicting the flow or
+    x0 (None: as the preset has it)."""
+    return replace(
+        TINY,
+        text_modulation=TINY.text_modulation if text_modulation is None else text_modulation,
+        prediction=prediction or TINY.prediction,
+    )
 
 
 NEW_PARAMS = (
@@ -102,10 +106,12 @@ def lr_at(frac: float, base: float, step: int, warmup: int) -> float:
     return base * w * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0))))
 
 
-def save_weights(ema: dict, path: Path, dtype=torch.float16) -> None:
+def save_weights(ema: dict, path: Path, dtype=torch.float16, prediction: str = "flow") -> None:
+    """fp16 safetensors; the metadata says what the head predicts (`weights_prediction`)."""
     from safetensors.torch import save_file
 
-    save_file({k: v.detach().to(dtype).cpu().contiguous() for k, v in ema.items()}, str(path))
+    tensors = {k: v.detach().to(dtype).cpu().contiguous() for k, v in ema.items()}
+    save_file(tensors, str(path), metadata={"prediction": prediction})
 
 
 def parse(argv):
@@ -146,7 +152,8 @@ def parse(argv):
     p.add_argument(
         "--smoke",
         action="store_true",
-        help="CPU smoke mode: batch 2, 2 chunks, 4 steps on one fixed batch",
+        help="CPU smoke mode: batch 2, 2 chunks, 4 steps on one fixed batch (same noise and "
+        "timesteps every step)",
     )
     p.add_argument("--log-every", type=int, default=50)
     p.add_argument("--save-every", type=float, default=60.0, help="seconds between weight saves")
@@ -191,6 +198,13 @@ def parse(argv):
         help="the caption also modulates every block (ModelConfig.text_modulation; default: "
         "as the tiny preset has it); a fine-tune adding it starts at zero",
     )
+    p.add_argument(
+        "--prediction",
+        choices=PREDICTIONS,
+        default=None,
+        help="what the head predicts (ModelConfig.prediction; default: as the tiny preset has "
+        "it); the loss is the flow MSE either way",
+    )
     args = p.parse_args(argv)
     args.table = tuple(float(x) for x in args.timesteps.split(",")) if args.timesteps else None
     if args.smoke:
@@ -207,7 +221,7 @@ def main(argv=None) -> dict:
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    config = model_config(args.text_modulation)
+    config = model_config(args.text_modulation, args.prediction)
     model = new_model(args.seed, dev, config)
     new_params = [p for n, p in model.named_parameters() if n in NEW_PARAMS]
     groups = [
@@ -242,6 +256,8 @@ def main(argv=None) -> dict:
             break
         step = state["step"]
         batch, first = fixed or step_batch(args, step, dev, encoder), first_fixed
+        if args.smoke:  # the same noise and timesteps every step: the loss of one fixed sample
+            gen.manual_seed(args.seed * 7919)
         lr = lr_at(max(step / args.steps, elapsed / budget), args.lr, step, args.warmup)
         for g in opt.param_groups:
             g["lr"] = lr * g["mult"]
@@ -316,9 +332,9 @@ def first_batch(args, step: int, device, encoder):
 
 
 def write_outputs(args, dev, out: Path, ema: dict, state: dict) -> dict:
-    config = model_config(args.text_modulation)
     """tiny.safetensors (EMA weights, fp16) and tiny_train.json (recipe and loss curve)."""
-    save_weights(ema, out / "tiny.safetensors")
+    config = model_config(args.text_modulation, args.prediction)
+    save_weights(ema, out / "tiny.safetensors", prediction=config.prediction)
     log = {
         "config": {f: getattr(config, f) for f in config.__dataclass_fields__},
         "args": vars(args),
@@ -347,6 +363,7 @@ def write_outputs(args, dev, out: Path, ema: dict, state: dict) -> dict:
             "timesteps": "half from config.timesteps, half U[0,1000]",
             "shift": SHIFT_T,
             "target": "v = noise - x0",
+            "prediction": f"the head predicts {config.prediction} (returned as the flow)",
             "context_noise": 0.05,
             "object_weight": f"1 + {OBJECT_WEIGHT} * object coverage",
             "optimizer": "AdamW b=(0.9,0.99) wd=0.01, warmup + cosine to lr/10",

@@ -189,3 +189,64 @@ def test_batched_rendering_equals_clip_by_clip_rendering():
         assert torch.equal(a, b)
     with pytest.raises(ValueError, match="2 specs but 1 starts"):
         render_batch(specs[:2], 3, [0])
+
+
+def test_an_x0_head_returns_the_flow_whose_clean_estimate_is_its_output(tmp_path):
+    """`prediction="x0"`: forward returns (x_t - head) / sigma, so the sampler's x_t - sigma *
+    flow is the head's output at every sampler step; the trainer's weights file says so
+    and every loader reads it (the engine refuses a file for the other head)."""
+    from qvg_serve.engine.config import EngineConfig
+    from qvg_serve.engine.runtime import load_runtime
+    from qvg_serve.engine.sampler import sigma
+    from qvg_serve.models import weights_prediction
+    from qvg_serve.models.base import ChunkInput
+    from qvg_serve.tiny.evaluate import load_tiny
+    from qvg_serve.tiny.objective import SHIFT_T, BlockCausalContext
+
+    flow_model = train.new_model(1, "cpu", train.model_config(True, "flow"))
+    torch.nn.init.normal_(flow_model.head.head.weight, std=0.02)
+    x0_model = train.new_model(1, "cpu", train.model_config(True, "x0"))
+    x0_model.load_state_dict(flow_model.state_dict())
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(TINY.in_channels, 3, TINY.latent_height, TINY.latent_width, generator=gen)
+    text = torch.randn(5, TINY.text_dim, generator=gen)
+    with torch.no_grad():
+        for t in TINY.timesteps:
+            chunk = [ChunkInput(x, t, text, 0)]
+            head = flow_model(chunk, BlockCausalContext(flow_model, 1))[0]  # same weights
+            flow = x0_model(chunk, BlockCausalContext(x0_model, 1))[0]
+            s = sigma(t, SHIFT_T)
+            torch.testing.assert_close(x - s * flow, head, atol=1e-5, rtol=1e-5)
+            assert not torch.allclose(flow, head)
+        commit = x0_model([ChunkInput(x, 0.0, text, 0)], BlockCausalContext(x0_model, 1))[0]
+        assert torch.isfinite(commit).all()  # sigma 0: floored, not a division by zero
+    with pytest.raises(ValueError, match="prediction must be one of"):
+        train.model_config(True, "eps")
+    for name, want in (("flow", "flow"), ("x0", "x0")):
+        path = tmp_path / f"{name}.safetensors"
+        train.save_weights(x0_model.state_dict(), path, prediction=name)
+        assert weights_prediction(path) == want
+        assert load_tiny(path).config.prediction == want
+    assert weights_prediction(shipped_weights("tiny")) == TINY.prediction
+    other = "x0" if TINY.prediction == "flow" else "flow"
+    with pytest.raises(ValueError, match=f"predict '{other}' but model 'tiny'"):
+        load_runtime(EngineConfig(model="tiny", weights=str(tmp_path / f"{other}.safetensors")))
+
+
+def test_an_x0_head_trains_on_the_flow_loss_with_its_low_noise_weight_capped():
+    """flow_loss on an x0 head: a chunk at sigma < X0_LOSS_SIGMA weighs its x0 error as at
+    X0_LOSS_SIGMA (x 25), not by 1 / sigma^2 (x 117 at t = 20); t = 0.5 (sigma 0.0025,
+    under the flow's floor) stays finite."""
+    from qvg_serve.models import HashedWordEncoder
+    from qvg_serve.tiny.objective import X0_LOSS_SIGMA, flow_loss, make_batch
+
+    model = train.new_model(3, "cpu", train.model_config(True, "x0"))
+    batch = make_batch(range(2), 1, "cpu", HashedWordEncoder(TINY.text_len, TINY.text_dim), True)
+    losses = {}
+    for t in (0.5, 20.0, 1000.0):  # sigma 0.0025, 0.093, 1: a zero head's x0 error is x0
+        loss, _ = flow_loss(model, batch, torch.Generator().manual_seed(0), p_table=1.0,
+                            table=[t])  # fmt: skip
+        losses[t] = loss.item()
+    assert all(v == v and v < 1e6 for v in losses.values())
+    ratio = losses[20.0] / losses[1000.0]
+    assert ratio == pytest.approx(1 / X0_LOSS_SIGMA**2, rel=0.02)  # capped: 25, not 117
