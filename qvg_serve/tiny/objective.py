@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from qvg_serve.engine.sampler import guide, sigma
-from qvg_serve.models import TINY, HashedWordEncoder
+from qvg_serve.models import TINY, DenseContext, DenseKV, HashedWordEncoder
 from qvg_serve.models.base import ChunkInput, chunk_positions
 from qvg_serve.models.pixel_ae import PixelAE
 from qvg_serve.tiny import data
@@ -137,6 +137,7 @@ def flow_loss(
     motion_weight: float = 0.0,
     own_first: float = 0.0,
     text_dropout: float = 0.0,
+    own_chunks: int = 1,
 ):
     """(weighted MSE of the predicted flow, plain MSE on object pixels) over the noisy
     chunks of `batch` (from `make_batch`); `gen` on the latents' device draws the noise (a
@@ -148,7 +149,9 @@ def flow_loss(
     motion is below the 8 px token and barely shows in the plain MSE). An x0 head's error is
     capped at sigma < `X0_LOSS_SIGMA` (its x0 error / 0.2 there). `text_dropout`: the
     share of clips whose noisy chunks get the empty text (clean context keeps the caption,
-    as the engine's cache does): the unconditional model classifier-free guidance needs."""
+    as the engine's cache does): the unconditional model classifier-free guidance needs.
+    `own_chunks`: how many leading context chunks `own_first` replaces by the model's own
+    rollout (1: chunk 0 only; at most K - 1)."""
     latents, text, weight, starts = batch
     cpu_gen = torch.Generator().manual_seed(
         int(torch.randint(2**62, (), generator=gen, device=gen.device))
@@ -165,7 +168,9 @@ def flow_loss(
     aug = torch.rand(b, 1, 1, 1, 1, 1, generator=cpu_gen).to(latents.device) * context_noise
     ctx_clean = x0 + aug * torch.randn(x0.shape, generator=gen, device=gen.device)
     if own_first and k > 1:
-        ctx_clean = with_own_first_chunk(model, ctx_clean, text, starts, own_first, gen)
+        ctx_clean = with_own_first_chunk(
+            model, ctx_clean, text, starts, own_first, gen, min(own_chunks, k - 1)
+        )
     drop = (torch.rand(b, generator=cpu_gen) < text_dropout).tolist()
     chunks = []
     for i in range(b):
@@ -212,9 +217,38 @@ def sample_first_chunk(model, text: torch.Tensor, gen: torch.Generator) -> torch
     return x0
 
 
-def with_own_first_chunk(model, ctx_clean, text, starts, share: float, gen) -> torch.Tensor:
-    """`ctx_clean` [B, K, C, 3, h, w] with the first chunk of a `share` of the clips that start
-    at frame 0 replaced by the model's own sample of it. At inference chunk 1 follows the
+@torch.no_grad()
+def sample_chunks(model, text: torch.Tensor, chunks: int, gen: torch.Generator) -> torch.Tensor:
+    """The model's own rollout [B, chunks, C, 3, h, w] from the captions alone, chunk by chunk
+    over a dense history of its own committed chunks (the inference sampler, as
+    `sample_first_chunk`; noise from `gen`)."""
+    cfg, b, fpc = model.config, text.shape[0], model.config.frames_per_chunk
+    shape = (b, cfg.in_channels, fpc, cfg.latent_height, cfg.latent_width)
+    hists, out = [DenseKV.empty(cfg.layers) for _ in range(b)], []
+    for i in range(chunks):
+        x = torch.randn(shape, generator=gen, device=gen.device)
+        for j, t in enumerate(cfg.timesteps):
+            inputs = [ChunkInput(x[m], float(t), text[m], i * fpc) for m in range(b)]
+            ctx = DenseContext(model, hists, inputs)
+            flows = model(inputs, ctx)
+            if cfg.guidance != 1.0:
+                flows = guide(model, inputs, flows, ctx, cfg.guidance)
+            x0 = x - sigma(float(t), SHIFT_T) * torch.stack(flows).float()
+            if j + 1 < len(cfg.timesteps):
+                s = sigma(float(cfg.timesteps[j + 1]), SHIFT_T)
+                x = (1 - s) * x0 + s * torch.randn(shape, generator=gen, device=gen.device)
+        inputs = [ChunkInput(x0[m], 0.0, text[m], i * fpc) for m in range(b)]
+        model(inputs, DenseContext(model, hists, inputs, commit=True))
+        out.append(x0)
+    return torch.stack(out, 1)
+
+
+def with_own_first_chunk(
+    model, ctx_clean, text, starts, share: float, gen, chunks: int = 1
+) -> torch.Tensor:
+    """`ctx_clean` [B, K, C, 3, h, w] with the first chunk (the first `chunks`: the model's
+    rollout, `sample_chunks`) of a `share` of the clips that start at frame 0 replaced by the
+    model's own sample of it. At inference chunk 1 follows the
     model's own chunk 0, which is blurrier and moves less than the true one; trained only on
     true context the model copies a still chunk 0 and the object stops. Targets stay the true
     clip's: from its own first chunk, the caption must carry the motion on."""
@@ -224,8 +258,11 @@ def with_own_first_chunk(model, ctx_clean, text, starts, share: float, gen) -> t
     idx = pick.nonzero().flatten().to(ctx_clean.device)
     was = model.training
     model.eval()
-    own = sample_first_chunk(model, text[idx], gen)
+    if chunks == 1:
+        own = sample_first_chunk(model, text[idx], gen)[:, None]
+    else:
+        own = sample_chunks(model, text[idx], chunks, gen)
     model.train(was)
     ctx_clean = ctx_clean.clone()
-    ctx_clean[idx, 0] = own.to(ctx_clean.dtype)
+    ctx_clean[idx, :chunks] = own.to(ctx_clean.dtype)
     return ctx_clean

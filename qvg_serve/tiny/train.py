@@ -179,6 +179,13 @@ def parse(argv):
         "(see with_own_first_chunk; 0: off)",
     )
     p.add_argument(
+        "--own-chunks",
+        type=int,
+        default=1,
+        help="how many leading context chunks --own-first replaces by the model's own rollout "
+        "(1: chunk 0 only, what every shipped run used; at most --chunks - 1)",
+    )
+    p.add_argument(
         "--text-dropout",
         type=float,
         default=0.0,
@@ -206,6 +213,10 @@ def parse(argv):
         "it); the loss is the flow MSE either way",
     )
     args = p.parse_args(argv)
+    if not 1 <= args.own_chunks < max(args.chunks, 2):
+        p.error(
+            f"--own-chunks must be in [1, --chunks - 1 = {args.chunks - 1}], got {args.own_chunks}"
+        )
     args.table = tuple(float(x) for x in args.timesteps.split(",")) if args.timesteps else None
     if args.smoke:
         args.batch, args.chunks, args.steps, args.warmup, args.log_every = 2, 2, 4, 1, 1
@@ -270,6 +281,7 @@ def main(argv=None) -> dict:
                 motion_weight=args.motion_weight,
                 own_first=args.own_first,
                 text_dropout=args.text_dropout,
+                own_chunks=args.own_chunks,
             )
             if args.first_batch:
                 first = first or first_batch(args, step, dev, encoder)
@@ -375,7 +387,7 @@ def write_outputs(args, dev, out: Path, ema: dict, state: dict) -> dict:
             "init": args.init,
             "timestep_table": args.table or TINY.timesteps,
             "own_first_chunk": f"{args.own_first} of frame-0 clips: context chunk 0 is the "
-            "model's own 4-step sample (no grad)",
+            f"model's own 4-step sample (no grad), chunks 0..{args.own_chunks - 1}",
             "motion_weight": f"{args.motion_weight} x weighted MSE of the frame-to-frame error",
             "text_dropout": f"{args.text_dropout} of clips: noisy chunks get the empty text",
         },

@@ -250,3 +250,30 @@ def test_an_x0_head_trains_on_the_flow_loss_with_its_low_noise_weight_capped():
     assert all(v == v and v < 1e6 for v in losses.values())
     ratio = losses[20.0] / losses[1000.0]
     assert ratio == pytest.approx(1 / X0_LOSS_SIGMA**2, rel=0.02)  # capped: 25, not 117
+
+
+def test_own_rollout_context_replaces_the_leading_chunks_of_frame_0_clips_only():
+    """`own_chunks`: the first N context chunks of the picked frame-0 clips become the model's
+    own rollout; later chunks and clips that start later keep the true latents. A one-chunk
+    rollout over the dense history is the first-chunk sample (same noise, same model)."""
+    from qvg_serve.models import HashedWordEncoder
+    from qvg_serve.tiny.objective import sample_chunks, sample_first_chunk, with_own_first_chunk
+
+    model = train.new_model(4, "cpu", train.model_config(True, "x0"))
+    torch.nn.init.normal_(model.head.head.weight, std=0.02)
+    enc = HashedWordEncoder(TINY.text_len, TINY.text_dim)
+    text = enc.encode(["a red circle moving left on black", "a blue star bouncing on grey"])
+    one = sample_chunks(model, text, 1, torch.Generator().manual_seed(5))[:, 0]
+    first = sample_first_chunk(model, text, torch.Generator().manual_seed(5))
+    torch.testing.assert_close(one, first, atol=1e-4, rtol=1e-4)
+    shape = (3, 4, TINY.in_channels, 3, TINY.latent_height, TINY.latent_width)
+    ctx = torch.randn(shape, generator=torch.Generator().manual_seed(1))
+    texts = enc.encode(["a red circle moving left on black"] * 3)
+    starts = torch.tensor([0, 7, 0])
+    got = with_own_first_chunk(model, ctx, texts, starts, 1.0, torch.Generator(), chunks=2)
+    for b in (0, 2):
+        assert not torch.equal(got[b, :2], ctx[b, :2])
+        assert torch.equal(got[b, 2:], ctx[b, 2:])
+    assert torch.equal(got[1], ctx[1])  # starts at frame 7: its context stays the truth
+    with pytest.raises(SystemExit):
+        train.parse(["--own-chunks", "6", "--chunks", "6"])
