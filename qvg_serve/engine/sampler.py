@@ -16,12 +16,7 @@ from __future__ import annotations
 
 import torch
 
-
-def sigma(t: float, shift: float) -> float:
-    """Noise level of timestep t in [0, 1000]."""
-    s = t / 1000.0
-    return shift * s / (1.0 + (shift - 1.0) * s)
-
+from qvg_serve.models.base import sigma
 
 _MASK64 = (1 << 64) - 1
 

@@ -28,6 +28,13 @@ if TYPE_CHECKING:  # models/ sits below the engine room: no import of it at load
     from qvg_serve.engine.kv_format import KVShape
 
 
+def sigma(t: float, shift: float) -> float:
+    """Noise level of timestep t in [0, 1000]: shift s / (1 + (shift - 1) s), s = t / 1000
+    (the shifted schedule of Wan's flow matching; `engine.sampler` samples with it)."""
+    s = t / 1000.0
+    return shift * s / (1.0 + (shift - 1.0) * s)
+
+
 PREDICTIONS = ("flow", "x0")
 X0_SIGMA_MIN = 0.05
 """An x0 head's flow divides by max(sigma, this) (sigma -> 0 at t -> 0: the commit pass's

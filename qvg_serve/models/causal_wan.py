@@ -28,7 +28,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from kernels.paged_read_ref import AxialRope
-from qvg_serve.models.base import X0_SIGMA_MIN, AttentionContext, ChunkInput, ModelConfig
+from qvg_serve.models.base import (
+    X0_SIGMA_MIN,
+    AttentionContext,
+    ChunkInput,
+    ModelConfig,
+    sigma,
+)
 from qvg_serve.models.wan_blocks import (
     Segments,
     WanBlock,
@@ -114,9 +120,7 @@ class CausalWan(nn.Module):
 
     def _flow_from_x0(self, chunk: ChunkInput, x0: torch.Tensor) -> torch.Tensor:
         """An x0 head's output -> the flow (x_t - x0) / max(sigma(t), X0_SIGMA_MIN), fp32."""
-        s = chunk.timestep / 1000.0
-        shift = self.config.shift
-        sig = max(shift * s / (1.0 + (shift - 1.0) * s), X0_SIGMA_MIN)
+        sig = max(sigma(chunk.timestep, self.config.shift), X0_SIGMA_MIN)
         return (chunk.latents.to(x0.device, torch.float32) - x0.float()) / sig
 
     def _grid(self, latents: torch.Tensor) -> tuple[int, int, int]:

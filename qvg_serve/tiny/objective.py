@@ -237,9 +237,10 @@ def sample_chunks(model, text: torch.Tensor, chunks: int, gen: torch.Generator) 
             if j + 1 < len(cfg.timesteps):
                 s = sigma(float(cfg.timesteps[j + 1]), SHIFT_T)
                 x = (1 - s) * x0 + s * torch.randn(shape, generator=gen, device=gen.device)
-        inputs = [ChunkInput(x0[m], 0.0, text[m], i * fpc) for m in range(b)]
-        model(inputs, DenseContext(model, hists, inputs, commit=True))
         out.append(x0)
+        if i + 1 < chunks:  # the commit pass: only a later chunk reads its K/V
+            inputs = [ChunkInput(x0[m], 0.0, text[m], i * fpc) for m in range(b)]
+            model(inputs, DenseContext(model, hists, inputs, commit=True))
     return torch.stack(out, 1)
 
 
@@ -252,7 +253,8 @@ def with_own_first_chunk(
     model's own chunk 0, which is blurrier and moves less than the true one; trained only on
     true context the model copies a still chunk 0 and the object stops. Targets stay the true
     clip's: from its own first chunk, the caption must carry the motion on."""
-    pick = (starts == 0) & (torch.rand(len(starts)) < share)
+    draw = torch.rand(len(starts), generator=gen, device=gen.device).cpu()  # seeded: reproducible
+    pick = (starts == 0) & (draw < share)
     if not pick.any():
         return ctx_clean
     idx = pick.nonzero().flatten().to(ctx_clean.device)

@@ -20,7 +20,6 @@ of the predicted flow against v = noise - x0. Clean context is lightly noised at
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import time
 from dataclasses import replace
@@ -31,8 +30,6 @@ import torch
 from qvg_serve.models import TINY, HashedWordEncoder, build_model
 from qvg_serve.models.base import PREDICTIONS
 from qvg_serve.models.loader import load_into, load_state_dict_file
-from qvg_serve.models.pixel_ae import SCALE, SHIFT
-from qvg_serve.tiny import data
 from qvg_serve.tiny.objective import (  # noqa: F401  (train.X names kept for callers)
     FIRST_P_TABLE,
     OBJECT_WEIGHT,
@@ -47,6 +44,7 @@ from qvg_serve.tiny.objective import (  # noqa: F401  (train.X names kept for ca
     sample_t,
     with_own_first_chunk,
 )
+from qvg_serve.tiny.train_outputs import save_weights, write_outputs  # noqa: F401
 
 TRAIN_SEED_BASE = 10**9
 """Training clips use seeds seed * TRAIN_SEED_BASE + k (k < 1e9); evaluation uses
@@ -104,14 +102,6 @@ def lr_at(frac: float, base: float, step: int, warmup: int) -> float:
     """Linear warmup, then cosine from base to base / 10 over the run (frac in [0, 1])."""
     w = min(1.0, (step + 1) / warmup)
     return base * w * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0))))
-
-
-def save_weights(ema: dict, path: Path, dtype=torch.float16, prediction: str = "flow") -> None:
-    """fp16 safetensors; the metadata says what the head predicts (`weights_prediction`)."""
-    from safetensors.torch import save_file
-
-    tensors = {k: v.detach().to(dtype).cpu().contiguous() for k, v in ema.items()}
-    save_file(tensors, str(path), metadata={"prediction": prediction})
 
 
 def parse(argv):
@@ -319,14 +309,14 @@ def main(argv=None) -> dict:
             window = []
             state["elapsed"] = time.time() - t0
         if time.time() - last_save > args.save_every:  # a killed run still leaves weights
-            write_outputs(args, dev, out, ema, state)
+            write_outputs(args, dev, out, ema, state, config)
             last_save = time.time()
     state["elapsed"] = time.time() - t0
     torch.save(
         {"model": model.state_dict(), "opt": opt.state_dict(), "ema": ema, "state": state},
         args.ckpt or out / "tiny_ckpt.pt",
     )
-    return write_outputs(args, dev, out, ema, state)
+    return write_outputs(args, dev, out, ema, state, config)
 
 
 def step_batch(args, step: int, device, encoder):
@@ -341,62 +331,6 @@ def first_batch(args, step: int, device, encoder):
         return None
     base = args.seed * TRAIN_SEED_BASE + FIRST_SEED_OFFSET + step * args.first_batch
     return make_batch(range(base, base + args.first_batch), 1, device, encoder, True)
-
-
-def write_outputs(args, dev, out: Path, ema: dict, state: dict) -> dict:
-    """tiny.safetensors (EMA weights, fp16) and tiny_train.json (recipe and loss curve)."""
-    config = model_config(args.text_modulation, args.prediction)
-    save_weights(ema, out / "tiny.safetensors", prediction=config.prediction)
-    log = {
-        "config": {f: getattr(config, f) for f in config.__dataclass_fields__},
-        "args": vars(args),
-        "seed": args.seed,
-        "device": str(dev),
-        "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
-        "steps": state["step"],
-        "train_seconds": round(state["elapsed"], 1),
-        "final_loss": state["losses"][-1][2] if state["losses"] else None,
-        "data": {
-            "module": "qvg_serve.tiny.data",
-            "frames": args.chunks * 3,
-            "size": [data.HEIGHT, data.WIDTH],
-            "clip_seeds": "seed * 1e9 + step * batch + i",
-            "clip_start": f"frame 0 with p={START_FRACTION}, else U[1, 150] (first chunk unscored)",
-            "shapes": data.SHAPES,
-            "colours": list(data.COLOURS),
-            "shape_motions": data.SHAPE_MOTIONS,
-            "backgrounds": data.BACKGROUNDS,
-            "photos": data.PHOTOS,
-            "camera_motions": data.CAMERA_MOTIONS,
-            "photo_fraction": data.PHOTO_FRACTION,
-            "latent": f"pixel_unshuffle(4) of (pixel/255 - {SHIFT}) / {SCALE}",
-        },
-        "recipe": {
-            "timesteps": "half from config.timesteps, half U[0,1000]",
-            "shift": SHIFT_T,
-            "target": "v = noise - x0",
-            "prediction": f"the head predicts {config.prediction} (returned as the flow)",
-            "context_noise": 0.05,
-            "object_weight": f"1 + {OBJECT_WEIGHT} * object coverage",
-            "optimizer": "AdamW b=(0.9,0.99) wd=0.01, warmup + cosine to lr/10",
-            "ema": args.ema,
-            "autocast": "bf16 on cuda",
-            "grad_clip": 1.0,
-            "first_chunk_batch": f"{args.first_batch} clips from frame 0, first chunk only, "
-            f"timesteps from the table with p={FIRST_P_TABLE}, loss added with weight 1",
-            "init": args.init,
-            "timestep_table": args.table or TINY.timesteps,
-            "own_first_chunk": f"{args.own_first} of frame-0 clips: context chunk 0 is the "
-            f"model's own 4-step sample (no grad), chunks 0..{args.own_chunks - 1}",
-            "motion_weight": f"{args.motion_weight} x weighted MSE of the frame-to-frame error",
-            "text_dropout": f"{args.text_dropout} of clips: noisy chunks get the empty text",
-        },
-        "loss_curve": state["losses"],
-        "loss_curve_columns": ["step", "seconds", "weighted loss", "object-pixel mse"],
-    }
-    (out / "tiny_train.json").write_text(json.dumps(log, indent=1))
-    print(f"wrote {out / 'tiny.safetensors'} after {state['step']} steps", flush=True)
-    return log
 
 
 if __name__ == "__main__":

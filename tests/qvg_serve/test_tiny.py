@@ -196,6 +196,7 @@ def test_an_x0_head_returns_the_flow_whose_clean_estimate_is_its_output(tmp_path
     flow is the head's output at every sampler step; the trainer's weights file says so
     and every loader reads it (the engine refuses a file for the other head)."""
     from qvg_serve.engine.config import EngineConfig
+    from qvg_serve.engine.engine import SHIFT
     from qvg_serve.engine.runtime import load_runtime
     from qvg_serve.engine.sampler import sigma
     from qvg_serve.models import weights_prediction
@@ -203,6 +204,7 @@ def test_an_x0_head_returns_the_flow_whose_clean_estimate_is_its_output(tmp_path
     from qvg_serve.tiny.evaluate import load_tiny
     from qvg_serve.tiny.objective import SHIFT_T, BlockCausalContext
 
+    assert SHIFT == SHIFT_T == TINY.shift  # the x0 head's sigma is the sampler's
     flow_model = train.new_model(1, "cpu", train.model_config(True, "flow"))
     torch.nn.init.normal_(flow_model.head.head.weight, std=0.02)
     x0_model = train.new_model(1, "cpu", train.model_config(True, "x0"))
