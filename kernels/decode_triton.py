@@ -49,6 +49,10 @@ class Launch:
     """Software pipelining depth of the tile loop."""
     waves: int = 0
     """Persistent grid of waves * SM-count programs; 0: one program per tile."""
+    tma: bool = False
+    """Store the finished tile with one TMA (tensor-descriptor) store per tile instead of
+    per-thread vector stores (contiguous `out` only; ignored otherwise). Off until an H200
+    sweep says it is faster (tools/decode_launch.py)."""
     half: bool = True
     """Butterflies in fp16 at <= 4 bits, fp32 at 8. Exact either way: at G <= 128 every partial
     sum is a half-integer of magnitude <= 960 (symmetric) or an integer <= 1920 (asymmetric),
@@ -123,11 +127,12 @@ def _fwht_rows(x, G: tl.constexpr, BM: tl.constexpr, LOG_G: tl.constexpr):
 
 @triton.jit
 def _decode_kernel(
-    words_ptr, scales_ptr, zeros_ptr, sos_ptr, c_ptr, ids_ptr, out_ptr,
+    words_ptr, scales_ptr, zeros_ptr, sos_ptr, c_ptr, ids_ptr, out_ptr, out_desc,
     R, S, C, H_OUT, stride_b, stride_h, stride_s, N, n_tiles,
     D: tl.constexpr, G: tl.constexpr, T: tl.constexpr, BITS: tl.constexpr,
     SYM: tl.constexpr, ROTATE: tl.constexpr, HAS_SOS: tl.constexpr, BM: tl.constexpr,
     LOG_G: tl.constexpr, FP8: tl.constexpr, CONTIG: tl.constexpr, HALF: tl.constexpr,
+    TMA: tl.constexpr, BS: tl.constexpr,
 ):  # fmt: skip
     """Tiles of BM token-groups (flat index n = (row*S + token)*NG + g over all rows), one
     thread per token-group: its G values are a [NC, 8] block of registers (chunk c = codes
@@ -190,12 +195,14 @@ def _decode_kernel(
                 + tok.to(tl.int64) * stride_s
                 + g * G
             )
-        # stored as [BM, G] rows: the compiler moves the out-dtype tile through shared memory
-        # once so that a warp's 16-byte stores are contiguous (thread-per-group stores would
-        # stride 2*G bytes apart: 1.7x slower on an H200)
-        op = out_ptr + obase[:, None] + offs_c[None, :]
         yo = tl.reshape(y.to(out_ptr.dtype.element_ty), (BM, G))
-        tl.store(op, yo, mask=ok[:, None])
+        if TMA:  # tile = BS whole tokens of [R*S, D]; the copy engine clips the last one
+            out_desc.store([tile * BS, 0], tl.reshape(yo, (BS, D)))
+        else:
+            # stored as [BM, G] rows: the compiler moves the out-dtype tile through shared
+            # memory once so that a warp's 16-byte stores are contiguous (thread-per-group
+            # stores would stride 2*G bytes apart: 1.7x slower on an H200)
+            tl.store(out_ptr + obase[:, None] + offs_c[None, :], yo, mask=ok[:, None])
 
 
 _WORD = {2: torch.int16, 4: torch.int32, 8: torch.int64}
@@ -262,6 +269,12 @@ def decode(
     if launch.waves > 0 and codes.device.type == "cuda":  # CPU: TRITON_INTERPRET=1 only
         grid = min(n_tiles, launch.waves * _num_sms(codes.device.index or 0))
     fp8 = scales.dtype == torch.float8_e4m3fn
+    tma = launch.tma and out.is_contiguous()
+    desc = out
+    if tma:
+        from triton.tools.tensor_descriptor import TensorDescriptor
+
+        desc = TensorDescriptor.from_tensor(out.view(r * s, d), [launch.block_s, d])
     _decode_kernel[(grid,)](
         _words(codes, spec.bits),
         scales.contiguous().view(torch.uint8) if fp8 else scales.contiguous(),
@@ -270,6 +283,7 @@ def decode(
         cen,
         idt,
         out,
+        desc,
         r,
         s,
         c,
@@ -291,6 +305,8 @@ def decode(
         FP8=fp8,
         CONTIG=out.is_contiguous(),
         HALF=launch.half and spec.rotate and spec.bits <= 4,
+        TMA=tma,
+        BS=launch.block_s,
         num_warps=launch.num_warps,
         num_stages=launch.num_stages,
     )

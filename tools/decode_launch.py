@@ -83,6 +83,12 @@ def sweep_launch(x: torch.Tensor) -> None:
                 res[lb] = show(
                     f"product {lb}", lambda lb=lb: decode_triton.decode(*args, launch=lb)
                 )
+    tma = [dataclasses.replace(la, tma=True) for la in sorted(res, key=res.get)[:3]]
+    tma += [decode_triton.Launch(block_s=bs, num_warps=nw, num_stages=3, tma=True)
+            for bs, nw in ((64, 4), (128, 4), (128, 8))]  # fmt: skip
+    for lb in tma:  # one TMA store per tile: larger tiles may pay off there
+        if lb not in res:
+            res[lb] = show(f"product {lb}", lambda lb=lb: decode_triton.decode(*args, launch=lb))
     best = min(res, key=res.get)
     print(f"best {best} {res[best]:.1f} us", flush=True)
     for rep in range(2):  # the defaults again, interleaved (order effects)

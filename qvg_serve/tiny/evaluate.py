@@ -241,6 +241,7 @@ def main(argv=None) -> dict:
     t0 = time.time()
     result["motion"], videos = long_videos(model, args.long_frames, encoder)
     result["long_seconds"] = round(time.time() - t0, 1)
+    Path(args.out).mkdir(parents=True, exist_ok=True)  # a new directory is fine
     write_media(videos, Path(args.out))
     print(json.dumps(result, indent=1))
     (Path(args.out) / "tiny_eval.json").write_text(json.dumps(result, indent=1))

@@ -1,7 +1,7 @@
 """The tiny model's training objective: batches of procedural clips, the block-causal
 context of one teacher-forced forward, and the flow-matching loss with its added terms
-(first-chunk batches, frame-to-frame error, the model's own first chunk as context). The
-loop that drives it is `qvg_serve.tiny.train`."""
+(first-chunk batches, frame-to-frame error, the model's own first chunk as context, the
+model's redrawing of the true context). The loop that drives it is `qvg_serve.tiny.train`."""
 
 from __future__ import annotations
 
@@ -138,6 +138,7 @@ def flow_loss(
     own_first: float = 0.0,
     text_dropout: float = 0.0,
     own_chunks: int = 1,
+    self_context: float = 0.0,
 ):
     """(weighted MSE of the predicted flow, plain MSE on object pixels) over the noisy
     chunks of `batch` (from `make_batch`); `gen` on the latents' device draws the noise (a
@@ -151,7 +152,9 @@ def flow_loss(
     share of clips whose noisy chunks get the empty text (clean context keeps the caption,
     as the engine's cache does): the unconditional model classifier-free guidance needs.
     `own_chunks`: how many leading context chunks `own_first` replaces by the model's own
-    rollout (1: chunk 0 only; at most K - 1)."""
+    rollout (1: chunk 0 only; at most K - 1). `self_context`: the share of clips whose clean
+    context chunks are the model's own redrawing of them (`self_denoised_context`); applied
+    before `own_first`, targets stay the true clip's."""
     latents, text, weight, starts = batch
     cpu_gen = torch.Generator().manual_seed(
         int(torch.randint(2**62, (), generator=gen, device=gen.device))
@@ -167,6 +170,8 @@ def flow_loss(
     xt = (1 - s) * x0 + s * noise
     aug = torch.rand(b, 1, 1, 1, 1, 1, generator=cpu_gen).to(latents.device) * context_noise
     ctx_clean = x0 + aug * torch.randn(x0.shape, generator=gen, device=gen.device)
+    if self_context and k > 1:
+        ctx_clean = self_denoised_context(model, ctx_clean, text, self_context, gen, cpu_gen)
     if own_first and k > 1:
         ctx_clean = with_own_first_chunk(
             model, ctx_clean, text, starts, own_first, gen, min(own_chunks, k - 1)
@@ -195,6 +200,63 @@ def flow_loss(
         wm = w[:, :, 1:]
         loss = loss + motion_weight * (step * wm).sum() / wm.sum().clamp(min=1e-6)
     return loss, obj_mse
+
+
+SELF_CONTEXT_T = (250.0, 500.0)
+"""Timesteps `self_denoised_context` redraws a context chunk from (one each, at random): the
+sampler's last two steps (sigma 0.63 / 0.83), where an inference chunk takes its final form."""
+
+
+SELF_CONTEXT_PASSES = 2
+"""How many times `self_denoised_context` redraws: pass p sees pass p - 1's chunks as its
+context, as an inference chunk sees chunks that were themselves drawn from drawn chunks."""
+
+
+@torch.no_grad()
+def self_denoised_context(
+    model, ctx_clean, text, share: float, gen, cpu_gen, passes: int = SELF_CONTEXT_PASSES
+) -> torch.Tensor:
+    """`ctx_clean` [B, K, C, 3, h, w] with the first K - 1 chunks of a `share` of the clips
+    replaced by the model's own clean estimate of each (no gradient): the true chunk noised to
+    a timestep of `SELF_CONTEXT_T`, the model's x0 from it given the chunks before it (one
+    block-causal forward per pass, as in training; pass 1 sees the true chunks before it,
+    pass p the estimates of pass p - 1). At inference every chunk continues the model's own
+    chunks, which are not sharp copies of true ones: the outline goes ragged, the texture
+    mottled, and from chunk to chunk the faults add up (the object grows into a blob,
+    docs/tiny_model.md). A chunk redrawn from the truth has such faults but keeps the true
+    pose, angle and size, so the true next chunk stays a consistent target and the model
+    learns to restore the outline; its own free rollout (`own_chunks`) would drift from the
+    target clip's random spin and size, and the consistent target would be lost."""
+    b, k = ctx_clean.shape[:2]
+    pick = (torch.rand(b, generator=cpu_gen) < share).nonzero().flatten()
+    if not len(pick) or k < 2:
+        return ctx_clean
+    n, m, fpc = len(pick), k - 1, model.config.frames_per_chunk
+    true = ctx_clean[pick.to(ctx_clean.device), :m]  # [n, m, C, 3, h, w]
+    ctx = BlockCausalContext(model, m)
+    was = model.training
+    model.eval()
+    est = true
+    for _ in range(passes):
+        t = torch.tensor(SELF_CONTEXT_T)[
+            torch.randint(len(SELF_CONTEXT_T), (n, m), generator=cpu_gen)
+        ]
+        sig = torch.tensor([[sigma(float(v), SHIFT_T) for v in row] for row in t])
+        sig = sig.to(true.device, true.dtype)[..., None, None, None, None]
+        noise = torch.randn(true.shape, generator=gen, device=gen.device).to(true.dtype)
+        xt = (1 - sig) * true + sig * noise
+        chunks = []
+        for i in range(n):
+            tx = text[int(pick[i])]
+            chunks += [ChunkInput(est[i, j], 0.0, tx, j * fpc) for j in range(m - 1)]
+            chunks += [ChunkInput(xt[i, j], float(t[i, j]), tx, j * fpc) for j in range(m)]
+        out = model(chunks, ctx)
+        flows = torch.stack([out[i * (2 * m - 1) + m - 1 + j] for i in range(n) for j in range(m)])
+        est = (xt.flatten(0, 1) - sig.flatten(0, 1) * flows.to(xt.dtype)).view(true.shape)
+    model.train(was)
+    ctx_clean = ctx_clean.clone()
+    ctx_clean[pick.to(ctx_clean.device), :m] = est.to(ctx_clean.dtype)
+    return ctx_clean
 
 
 @torch.no_grad()

@@ -176,6 +176,13 @@ def parse(argv):
         "(1: chunk 0 only, what every shipped run used; at most --chunks - 1)",
     )
     p.add_argument(
+        "--self-context",
+        type=float,
+        default=0.0,
+        help="share of clips whose clean context chunks are the model's own redrawing of the "
+        "true ones from t = 250 or 500 (see self_denoised_context; 0: off)",
+    )
+    p.add_argument(
         "--text-dropout",
         type=float,
         default=0.0,
@@ -272,6 +279,7 @@ def main(argv=None) -> dict:
                 own_first=args.own_first,
                 text_dropout=args.text_dropout,
                 own_chunks=args.own_chunks,
+                self_context=args.self_context,
             )
             if args.first_batch:
                 first = first or first_batch(args, step, dev, encoder)

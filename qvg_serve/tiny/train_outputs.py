@@ -12,7 +12,13 @@ import torch
 from qvg_serve.models import TINY
 from qvg_serve.models.pixel_ae import SCALE, SHIFT
 from qvg_serve.tiny import data
-from qvg_serve.tiny.objective import FIRST_P_TABLE, OBJECT_WEIGHT, SHIFT_T, START_FRACTION
+from qvg_serve.tiny.objective import (
+    FIRST_P_TABLE,
+    OBJECT_WEIGHT,
+    SELF_CONTEXT_T,
+    SHIFT_T,
+    START_FRACTION,
+)
 
 
 def save_weights(ema: dict, path: Path, dtype=torch.float16, prediction: str = "flow") -> None:
@@ -70,6 +76,8 @@ def write_outputs(args, dev, out: Path, ema: dict, state: dict, config) -> dict:
             f"0..{args.own_chunks - 1} are the model's own 4-step rollout (no grad)",
             "motion_weight": f"{args.motion_weight} x weighted MSE of the frame-to-frame error",
             "text_dropout": f"{args.text_dropout} of clips: noisy chunks get the empty text",
+            "self_context": f"{args.self_context} of clips: context chunks 0..K-2 are the "
+            f"model's x0 estimate of the true ones from t in {SELF_CONTEXT_T} (no grad)",
         },
         "loss_curve": state["losses"],
         "loss_curve_columns": ["step", "seconds", "weighted loss", "object-pixel mse"],

@@ -104,7 +104,7 @@ def test_decode_into_workspace_view_leaves_the_rest():
     enc = _encode_ref("qvg-int2", _x(b=2, h=2, s=37))
     ws = torch.full((2, 3, 50, 64), 7.0, dtype=torch.bfloat16)  # [B, H+1, S_total, D]
     view = ws[:, 1:, 5:42]  # strided in B, H and S
-    out = _decode(enc, out=view)
+    out = _decode(enc, out=view, launch=dt.Launch(tma=True))  # tma: contiguous out only
     assert out.data_ptr() == view.data_ptr()
     torch.testing.assert_close(view.float(), qvg_ref.decode(enc, torch.float32), **tol("bf16"))
     rest = ws.clone()
@@ -121,7 +121,14 @@ def test_decode_rejects_bad_out():
 def test_launch_shape_does_not_change_results():
     enc = _encode_ref("qvg-int4", _x(s=100))
     want = _decode(enc, out_dtype=torch.float32)
-    for launch in (dt.Launch(block_s=8, waves=0), dt.Launch(block_s=64, num_warps=4)):
+    bf16 = _decode(enc)
+    assert torch.equal(_decode(enc, launch=dt.Launch(tma=True)), bf16)
+    for launch in (
+        dt.Launch(block_s=8, waves=0),
+        dt.Launch(block_s=64, num_warps=4),
+        dt.Launch(block_s=32, tma=True),  # 100 tokens: the last tile's store is clipped
+        dt.Launch(block_s=16, tma=True, waves=2),
+    ):
         assert torch.equal(_decode(enc, out_dtype=torch.float32, launch=launch), want)
     with pytest.raises(ValueError, match="power of two"):
         dt.Launch(block_s=24)

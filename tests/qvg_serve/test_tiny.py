@@ -279,3 +279,32 @@ def test_own_rollout_context_replaces_the_leading_chunks_of_frame_0_clips_only()
     assert torch.equal(got[1], ctx[1])  # starts at frame 7: its context stays the truth
     with pytest.raises(SystemExit):
         train.parse(["--own-chunks", "6", "--chunks", "6"])
+
+
+def test_self_context_redraws_the_picked_clips_context_close_to_the_truth():
+    """`self_denoised_context` with the shipped weights: the picked clips' first K - 1 chunks
+    become the model's x0 estimate of the true chunk from t = 250 / 500 (much closer to the
+    truth than the noised input it started from, and not the truth itself); the last chunk
+    and the clips not picked keep their latents."""
+    from qvg_serve.models import HashedWordEncoder
+    from qvg_serve.tiny.evaluate import load_tiny
+    from qvg_serve.tiny.objective import make_batch, self_denoised_context
+
+    model = load_tiny()
+    enc = HashedWordEncoder(TINY.text_len, TINY.text_dim)
+    latents, text, _, _ = make_batch(range(6), 3, "cpu", enc)
+    b, fpc = latents.shape[0], TINY.frames_per_chunk
+    x0 = latents.unflatten(2, (3, fpc)).permute(0, 2, 1, 3, 4, 5)
+    cpu_gen = torch.Generator().manual_seed(1)
+    got = self_denoised_context(model, x0, text, 0.5, torch.Generator().manual_seed(2), cpu_gen)
+    changed = [not torch.equal(got[i], x0[i]) for i in range(b)]
+    assert any(changed) and not all(changed)
+    for i in range(b):
+        assert torch.equal(got[i, 2], x0[i, 2])  # the last chunk is never context
+        if changed[i]:
+            err = (got[i, :2] - x0[i, :2]).pow(2).mean().item()
+            # the input was x0 noised to sigma >= 0.63: its squared error is at least
+            # 0.63^2 * E[(noise - x0)^2]; the model's estimate from it is far closer
+            noised = 0.63**2 * (1 + x0[i, :2].pow(2).mean().item())
+            assert 1e-4 < err < 0.3 * noised, (err, noised)  # measured 0.015-0.19
+    assert torch.equal(self_denoised_context(model, x0, text, 0.0, torch.Generator(), cpu_gen), x0)
