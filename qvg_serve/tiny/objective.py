@@ -231,9 +231,9 @@ def self_denoised_context(
     pick = (torch.rand(b, generator=cpu_gen) < share).nonzero().flatten()
     if not len(pick) or k < 2:
         return ctx_clean
-    n, m, fpc = len(pick), k - 1, model.config.frames_per_chunk
+    n, m = len(pick), k - 1
     true = ctx_clean[pick.to(ctx_clean.device), :m]  # [n, m, C, 3, h, w]
-    ctx = BlockCausalContext(model, m)
+    texts = text[pick.to(text.device)]
     was = model.training
     model.eval()
     est = true
@@ -244,15 +244,7 @@ def self_denoised_context(
         sig = torch.tensor([[sigma(float(v), SHIFT_T) for v in row] for row in t])
         sig = sig.to(true.device, true.dtype)[..., None, None, None, None]
         noise = torch.randn(true.shape, generator=gen, device=gen.device).to(true.dtype)
-        xt = (1 - sig) * true + sig * noise
-        chunks = []
-        for i in range(n):
-            tx = text[int(pick[i])]
-            chunks += [ChunkInput(est[i, j], 0.0, tx, j * fpc) for j in range(m - 1)]
-            chunks += [ChunkInput(xt[i, j], float(t[i, j]), tx, j * fpc) for j in range(m)]
-        out = model(chunks, ctx)
-        flows = torch.stack([out[i * (2 * m - 1) + m - 1 + j] for i in range(n) for j in range(m)])
-        est = (xt.flatten(0, 1) - sig.flatten(0, 1) * flows.to(xt.dtype)).view(true.shape)
+        est = block_causal_x0(model, est, (1 - sig) * true + sig * noise, t, texts)
     model.train(was)
     ctx_clean = ctx_clean.clone()
     ctx_clean[pick.to(ctx_clean.device), :m] = est.to(ctx_clean.dtype)
@@ -279,31 +271,59 @@ def sample_first_chunk(model, text: torch.Tensor, gen: torch.Generator) -> torch
     return x0
 
 
+def block_causal_x0(model, clean, noisy, t, text) -> torch.Tensor:
+    """The model's clean estimates [B, K, C, 3, h, w] of `noisy` chunks [B, K, ...] at
+    timesteps `t` [B, K], chunk j seeing `clean` chunks < j [B, >= K - 1, ...] (K - 1 used),
+    in one block-causal forward, as in training (gradients flow if enabled); x0 = x_t -
+    sigma * flow, which for an x0 head is its output."""
+    b, k, fpc = noisy.shape[0], noisy.shape[1], model.config.frames_per_chunk
+    chunks = []
+    for i in range(b):
+        chunks += [ChunkInput(clean[i, j], 0.0, text[i], j * fpc) for j in range(k - 1)]
+        chunks += [ChunkInput(noisy[i, j], float(t[i, j]), text[i], j * fpc) for j in range(k)]
+    out = model(chunks, BlockCausalContext(model, k))
+    flows = torch.stack([out[i * (2 * k - 1) + k - 1 + j] for i in range(b) for j in range(k)])
+    sig = torch.tensor([[sigma(float(v), SHIFT_T) for v in row] for row in t])
+    sig = sig.to(noisy.device, noisy.dtype)[..., None, None, None, None]
+    return noisy - sig * flows.view(noisy.shape).to(noisy.dtype)
+
+
 @torch.no_grad()
-def sample_chunks(model, text: torch.Tensor, chunks: int, gen: torch.Generator) -> torch.Tensor:
-    """The model's own rollout [B, chunks, C, 3, h, w] from the captions alone, chunk by chunk
-    over a dense history of its own committed chunks (the inference sampler, as
-    `sample_first_chunk`; noise from `gen`)."""
+def rollout(model, text: torch.Tensor, chunks: int, gen: torch.Generator, exits=None):
+    """The model's own rollout from the captions alone, chunk by chunk over a dense history
+    of its own committed chunks (the inference sampler, as `sample_first_chunk`; noise from
+    `gen`): (x0 [B, chunks, C, 3, h, w], the input x_t of each chunk's last step [same],
+    that step's timestep [chunks]). `exits[i]`: chunk i stops after sampler step exits[i]
+    and its estimate there is the chunk (Self-Forcing's random exit; default: every step)."""
     cfg, b, fpc = model.config, text.shape[0], model.config.frames_per_chunk
     shape = (b, cfg.in_channels, fpc, cfg.latent_height, cfg.latent_width)
-    hists, out = [DenseKV.empty(cfg.layers) for _ in range(b)], []
+    steps = cfg.timesteps
+    exits = [len(steps) - 1] * chunks if exits is None else list(exits)
+    hists, out, last_x = [DenseKV.empty(cfg.layers) for _ in range(b)], [], []
     for i in range(chunks):
         x = torch.randn(shape, generator=gen, device=gen.device)
-        for j, t in enumerate(cfg.timesteps):
+        for j, t in enumerate(steps[: exits[i] + 1]):
             inputs = [ChunkInput(x[m], float(t), text[m], i * fpc) for m in range(b)]
             ctx = DenseContext(model, hists, inputs)
             flows = model(inputs, ctx)
             if cfg.guidance != 1.0:
                 flows = guide(model, inputs, flows, ctx, cfg.guidance)
             x0 = x - sigma(float(t), SHIFT_T) * torch.stack(flows).float()
-            if j + 1 < len(cfg.timesteps):
-                s = sigma(float(cfg.timesteps[j + 1]), SHIFT_T)
+            if j < exits[i]:
+                s = sigma(float(steps[j + 1]), SHIFT_T)
                 x = (1 - s) * x0 + s * torch.randn(shape, generator=gen, device=gen.device)
         out.append(x0)
+        last_x.append(x)
         if i + 1 < chunks:  # the commit pass: only a later chunk reads its K/V
             inputs = [ChunkInput(x0[m], 0.0, text[m], i * fpc) for m in range(b)]
             model(inputs, DenseContext(model, hists, inputs, commit=True))
-    return torch.stack(out, 1)
+    return torch.stack(out, 1), torch.stack(last_x, 1), [float(steps[e]) for e in exits]
+
+
+def sample_chunks(model, text: torch.Tensor, chunks: int, gen: torch.Generator) -> torch.Tensor:
+    """The model's own rollout [B, chunks, C, 3, h, w] from the captions alone (`rollout`,
+    every sampler step)."""
+    return rollout(model, text, chunks, gen)[0]
 
 
 def with_own_first_chunk(
