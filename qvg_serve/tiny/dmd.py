@@ -55,14 +55,19 @@ def captions(seed: int, step: int, batch: int, encoder, device) -> torch.Tensor:
     return encoder.encode(caps).to(device)
 
 
+def exit_rollout(model, text, chunks: int, gen, cpu_gen):
+    """`rollout` of `chunks` chunks, each stopping at a random sampler step (no gradient)."""
+    exits = torch.randint(len(model.config.timesteps), (chunks,), generator=cpu_gen).tolist()
+    was = model.training
+    model.eval()
+    got = rollout(model, text, chunks, gen, exits)
+    model.train(was)
+    return got
+
+
 def generator_loss(gen_model, real, fake, text, chunks: int, gen, cpu_gen):
     """(DMD loss of one rollout of `chunks` chunks, the rollout [B, K, C, 3, h, w] detached)."""
-    steps = len(gen_model.config.timesteps)
-    exits = torch.randint(steps, (chunks,), generator=cpu_gen).tolist()
-    was = gen_model.training
-    gen_model.eval()
-    x_ng, x_in, t_exit = rollout(gen_model, text, chunks, gen, exits)
-    gen_model.train(was)
+    x_ng, x_in, t_exit = exit_rollout(gen_model, text, chunks, gen, cpu_gen)
     b = text.shape[0]
     t_in = torch.tensor(t_exit)[None].expand(b, chunks)
     x = block_causal_x0(gen_model, x_ng, x_in, t_in, text)  # = x_ng, with gradient
@@ -114,12 +119,16 @@ def parse(argv):
     p.add_argument("--log-every", type=int, default=10)
     p.add_argument("--save-every", type=float, default=60.0)
     p.add_argument("--device", default="auto")
-    p.add_argument("--smoke", action="store_true", help="CPU: batch 2, 2 chunks, 2 steps")
+    p.add_argument(
+        "--smoke",
+        action="store_true",
+        help="CPU: batch 2, 2 chunks, 2 steps (a generator step, then a fake-score-only one)",
+    )
     args = p.parse_args(argv)
     if args.ratio < 1 or args.batch < 1 or args.chunks < 1:
         p.error("--ratio, --batch and --chunks must be >= 1")
     if args.smoke:
-        args.batch, args.chunks, args.steps, args.ratio, args.log_every = 2, 2, 2, 1, 1
+        args.batch, args.chunks, args.steps, args.ratio, args.log_every = 2, 2, 2, 2, 1
     return args
 
 
@@ -150,7 +159,6 @@ def main(argv=None) -> dict:
     stop_call = (args.stop_after or 1e9) * 60
     t0, last_save, window = time.time() - state["elapsed"], time.time(), []
     amp = dict(device_type=dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda")
-    g_loss = torch.tensor(float("nan"))
 
     def save() -> dict:
         save_weights(ema, out / "tiny.safetensors", prediction=g_model.config.prediction)
@@ -187,10 +195,8 @@ def main(argv=None) -> dict:
                     for k, v in g_model.state_dict().items():
                         ema[k].lerp_(v, 1 - min(args.ema, (1 + step) / (10 + step)))
             else:
-                g_model.eval()
-                exits = torch.randint(len(TINY.timesteps), (args.chunks,), generator=cpu_gen)
-                video = rollout(g_model, text, args.chunks, gen, exits.tolist())[0]
-                g_model.train()
+                g_loss = None
+                video = exit_rollout(g_model, text, args.chunks, gen, cpu_gen)[0]
             for grp in f_opt.param_groups:
                 grp["lr"] = lr_at(frac, args.lr_fake, step, args.warmup)
             f_loss = fake_loss(f_model, video.detach(), text, gen)
@@ -198,16 +204,17 @@ def main(argv=None) -> dict:
         f_loss.backward()
         torch.nn.utils.clip_grad_norm_(f_model.parameters(), 1.0)
         f_opt.step()
-        window.append((g_loss.item(), f_loss.item()))
+        window.append((float("nan") if g_loss is None else g_loss.item(), f_loss.item()))
         state["step"] = step + 1
         if state["step"] % args.log_every == 0:
             gl = [a for a, _ in window if a == a]
             fl = sum(b for _, b in window) / len(window)
-            gm = sum(gl) / len(gl) if gl else float("nan")
+            gm = sum(gl) / len(gl) if gl else None  # no generator step in the window
             state["elapsed"] = time.time() - t0
             state["losses"].append([state["step"], round(state["elapsed"], 1), gm, fl])
             print(
-                f"step {state['step']:5d}  dmd {gm:.4f}  fake {fl:.4f}  {state['elapsed']:7.1f}s",
+                f"step {state['step']:5d}  dmd {'-' if gm is None else f'{gm:.4f}'}  "
+                f"fake {fl:.4f}  {state['elapsed']:7.1f}s",
                 flush=True,
             )
             window = []
