@@ -51,8 +51,9 @@ class Launch:
     """Persistent grid of waves * SM-count programs; 0: one program per tile."""
     tma: bool = False
     """Store the finished tile with one TMA (tensor-descriptor) store per tile instead of
-    per-thread vector stores (contiguous `out` only; ignored otherwise). Off until an H200
-    sweep says it is faster (tools/decode_launch.py)."""
+    per-thread vector stores (contiguous `out` only; ignored otherwise). Off: on the H200
+    (2026-12-04, tools/decode_launch.py) it is no faster at the fast launch shapes (16 x 1
+    warp: 49.1-50.0 us with it, 49.3-49.4 without) and helps only slow large tiles."""
     half: bool = True
     """Butterflies in fp16 at <= 4 bits, fp32 at 8. Exact either way: at G <= 128 every partial
     sum is a half-integer of magnitude <= 960 (symmetric) or an integer <= 1920 (asymmetric),

@@ -1,7 +1,8 @@
 """Distribution matching (DMD) on the tiny model's own rollouts: the few-step generator is
 trained so that its chunks look like the data, not like the posterior mean a regression
 target gives (docs/tiny_model.md: three regression terms on the continuation left the
-outline a blob; this is the step after them). Not yet run on a GPU: the recipe is untested.
+outline a blob; this is the step after them). One H200 run (docs/tiny_model.md, "Distribution
+matching"): shape up, motion down; not adopted.
 
 Three copies of the model, as Self-Forcing trains its student:
 

@@ -57,6 +57,51 @@ class BlockCausalContext:
         return out.permute(0, 2, 1, 3).reshape(q.shape)
 
 
+
+class LockstepContext:
+    """Self-attention of B streams that are at the same position (a rollout: every stream
+    holds chunks 0..i-1 and draws chunk i), one SDPA per layer for the whole batch. Keys are
+    cached after RoPE: every stream has the same positions, so a chunk's keys are rotated
+    once, when it is committed. The same attention as `DenseContext` over B equal-length
+    histories (tested), without its per-stream loop."""
+
+    def __init__(self, model, batch: int) -> None:
+        self.model, self.batch = model, batch
+        self.k: list[torch.Tensor | None] = [None] * model.config.layers
+        self.v: list[torch.Tensor | None] = [None] * model.config.layers
+        self.start_frame, self.commit = 0, False
+
+    def at(self, start_frame: int, commit: bool = False) -> LockstepContext:
+        """The context of the next forward: chunks starting at `start_frame` (the end of the
+        history), their K/V appended after use if `commit`."""
+        held = 0 if self.k[0] is None else self.k[0].shape[2]
+        if start_frame * self.model.config.tokens_per_frame != held:
+            raise ValueError(f"chunk at frame {start_frame} after a history of {held} tokens")
+        self.start_frame, self.commit = start_frame, commit
+        return self
+
+    def self_attention(self, layer, q, k, v):
+        """q, k, v [B * L, H, D] (k before RoPE) -> [B * L, H, D]."""
+        b, h = self.batch, q.shape[1]
+        n = q.shape[0] // b
+        pos = chunk_positions(self.model.config, self.start_frame, q.device)[:n]
+
+        def heads(x, rope):  # [B*L, H, D] -> [B, H, L, D]
+            x = x.view(b, n, h, -1).transpose(0, 1).reshape(n, b * h, -1)
+            if rope:
+                x = self.model.rope(x, pos)
+            return x.view(n, b, h, -1).permute(1, 2, 0, 3)
+
+        qr, kr, vr = heads(q, True), heads(k, True), heads(v, False)
+        keys, values = kr, vr
+        if self.k[layer] is not None:
+            keys = torch.cat([self.k[layer], kr], dim=2)
+            values = torch.cat([self.v[layer], vr], dim=2)
+        out = F.scaled_dot_product_attention(qr, keys, values)
+        if self.commit:
+            self.k[layer], self.v[layer] = keys, values
+        return out.permute(0, 2, 1, 3).reshape(q.shape)
+
 OBJECT_WEIGHT = 4.0
 """Extra loss weight on object pixels (weight 1 + OBJECT_WEIGHT * coverage): the object
 covers 4-13 % of a frame, the background the rest."""
@@ -289,22 +334,27 @@ def block_causal_x0(model, clean, noisy, t, text) -> torch.Tensor:
 
 
 @torch.no_grad()
-def rollout(model, text: torch.Tensor, chunks: int, gen: torch.Generator, exits=None):
+def rollout(
+    model, text: torch.Tensor, chunks: int, gen: torch.Generator, exits=None, lockstep=True
+):
     """The model's own rollout from the captions alone, chunk by chunk over a dense history
     of its own committed chunks (the inference sampler, as `sample_first_chunk`; noise from
     `gen`): (x0 [B, chunks, C, 3, h, w], the input x_t of each chunk's last step [same],
     that step's timestep [chunks]). `exits[i]`: chunk i stops after sampler step exits[i]
-    and its estimate there is the chunk (Self-Forcing's random exit; default: every step)."""
+    and its estimate there is the chunk (Self-Forcing's random exit; default: every step).
+    `lockstep`: one `LockstepContext` for the batch (one SDPA per layer); False: a
+    `DenseContext` per stream, the engine's reference path (the test compares them)."""
     cfg, b, fpc = model.config, text.shape[0], model.config.frames_per_chunk
     shape = (b, cfg.in_channels, fpc, cfg.latent_height, cfg.latent_width)
     steps = cfg.timesteps
     exits = [len(steps) - 1] * chunks if exits is None else list(exits)
     hists, out, last_x = [DenseKV.empty(cfg.layers) for _ in range(b)], [], []
+    lock = LockstepContext(model, b) if lockstep else None
     for i in range(chunks):
         x = torch.randn(shape, generator=gen, device=gen.device)
         for j, t in enumerate(steps[: exits[i] + 1]):
             inputs = [ChunkInput(x[m], float(t), text[m], i * fpc) for m in range(b)]
-            ctx = DenseContext(model, hists, inputs)
+            ctx = lock.at(i * fpc) if lock else DenseContext(model, hists, inputs)
             flows = model(inputs, ctx)
             if cfg.guidance != 1.0:
                 flows = guide(model, inputs, flows, ctx, cfg.guidance)
@@ -316,7 +366,8 @@ def rollout(model, text: torch.Tensor, chunks: int, gen: torch.Generator, exits=
         last_x.append(x)
         if i + 1 < chunks:  # the commit pass: only a later chunk reads its K/V
             inputs = [ChunkInput(x0[m], 0.0, text[m], i * fpc) for m in range(b)]
-            model(inputs, DenseContext(model, hists, inputs, commit=True))
+            ctx = lock.at(i * fpc, True) if lock else DenseContext(model, hists, inputs, True)
+            model(inputs, ctx)
     return torch.stack(out, 1), torch.stack(last_x, 1), [float(steps[e]) for e in exits]
 
 

@@ -1,6 +1,7 @@
 """The DMD trainer's parts (qvg_serve/tiny/dmd.py): the gradient forward reproduces the
-rollout it trains, the loss is zero where the fake score equals the real one and pushes the
-generator otherwise, and a smoke run writes loadable weights."""
+rollout it trains, the batched rollout equals the per-stream one, the loss is zero where the
+fake score equals the real one and pushes the generator otherwise, and a smoke run writes
+loadable weights."""
 
 import json
 
@@ -30,6 +31,29 @@ def test_block_causal_forward_reproduces_a_rollout_with_random_exits():
     full = sample_chunks(model, text, 3, torch.Generator().manual_seed(3))
     torch.testing.assert_close(rollout(model, text, 3, torch.Generator().manual_seed(3))[0], full)
     assert (x0[:, 1] - full[:, 1]).abs().max() > 0.1  # exit at step 0: another chunk
+
+
+def test_lockstep_rollout_equals_the_per_stream_dense_history():
+    """The batched rollout (one SDPA per layer, keys cached after RoPE) draws the chunks the
+    engine's per-stream dense history draws with the same noise, at every chunk, also with
+    random exits; its history length is checked."""
+    from qvg_serve.tiny.objective import LockstepContext
+
+    model, text = load_tiny(), _text()
+    for exits in (None, [1, 3, 0, 2]):
+        fast = rollout(model, text, 4, torch.Generator().manual_seed(7), exits)
+        ref = rollout(model, text, 4, torch.Generator().manual_seed(7), exits, lockstep=False)
+        for a, b in zip(fast[:2], ref[:2], strict=True):
+            torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+        assert fast[2] == ref[2]
+    ctx = LockstepContext(model, 2)
+    ctx.at(0)
+    try:
+        ctx.at(TINY.frames_per_chunk)  # nothing committed yet: chunk 1 has no history
+    except ValueError as e:
+        assert "history of 0 tokens" in str(e)
+    else:
+        raise AssertionError("a chunk after a missing history was accepted")
 
 
 def test_dmd_loss_is_zero_when_fake_equals_real_and_pushes_otherwise():
