@@ -36,7 +36,7 @@ from qvg_serve.models import TINY, HashedWordEncoder
 from qvg_serve.models.base import sigma
 from qvg_serve.tiny import data
 from qvg_serve.tiny.evaluate import load_tiny
-from qvg_serve.tiny.objective import SHIFT_T, block_causal_x0, flow_loss, rollout
+from qvg_serve.tiny.objective import SHIFT_T, block_causal_x0, flow_loss, make_batch, rollout
 from qvg_serve.tiny.train import TRAIN_SEED_BASE, lr_at
 from qvg_serve.tiny.train_outputs import save_weights
 
@@ -49,11 +49,25 @@ def trainable(path, device):
     return load_tiny(path, device).requires_grad_(True).train()
 
 
-def captions(seed: int, step: int, batch: int, encoder, device) -> torch.Tensor:
-    """Text of step `step`'s captions (the data generator's, from `seed`; clips never drawn)."""
+def step_seeds(seed: int, step: int, batch: int) -> range:
+    """Clip seeds of step `step` (from `seed`): their captions drive the rollout and, with
+    `--regress`, the clips themselves are the regression term's true videos."""
     base = seed * TRAIN_SEED_BASE + step * batch
-    caps = [data.clip_spec(base + i).caption for i in range(batch)]
+    return range(base, base + batch)
+
+
+def captions(seed: int, step: int, batch: int, encoder, device) -> torch.Tensor:
+    """Text of step `step`'s captions (the data generator's, from `seed`; clips not rendered)."""
+    caps = [data.clip_spec(s).caption for s in step_seeds(seed, step, batch)]
     return encoder.encode(caps).to(device)
+
+
+def regression_loss(model, seeds, chunks: int, encoder, gen) -> torch.Tensor:
+    """`tiny.train`'s flow loss (teacher forcing on the true clips `seeds`, frame-to-frame
+    term on) for the generator: an anchor beside the DMD loss. DMD alone sharpened the
+    outline and lost motion the teacher had (docs/tiny_model.md); the true clips carry it."""
+    batch = make_batch(seeds, chunks, gen.device, encoder)
+    return flow_loss(model, batch, gen, motion_weight=1.0)[0]
 
 
 def exit_rollout(model, text, chunks: int, gen, cpu_gen):
@@ -96,6 +110,13 @@ def fake_loss(fake, video: torch.Tensor, text, gen) -> torch.Tensor:
     return flow_loss(fake, batch, gen)[0]
 
 
+def window_mean(window, col: int):
+    """Mean of column `col` of the logged rows, NaN entries (no such step) left out; None if
+    the window had none."""
+    got = [row[col] for row in window if row[col] == row[col]]
+    return sum(got) / len(got) if got else None
+
+
 def parse(argv):
     p = argparse.ArgumentParser(
         prog="python -m qvg_serve.tiny.dmd",
@@ -116,6 +137,13 @@ def parse(argv):
     p.add_argument("--lr-fake", type=float, default=4e-5)
     p.add_argument("--warmup", type=int, default=20)
     p.add_argument("--ema", type=float, default=0.99)
+    p.add_argument(
+        "--regress",
+        type=float,
+        default=0.0,
+        help="weight of a teacher-forced flow loss on the step's true clips added to the "
+        "generator's DMD loss (0: off, pure DMD as Self-Forcing)",
+    )
     p.add_argument("--seed", type=int, default=20)
     p.add_argument("--log-every", type=int, default=10)
     p.add_argument("--save-every", type=float, default=60.0)
@@ -128,6 +156,8 @@ def parse(argv):
     args = p.parse_args(argv)
     if args.ratio < 1 or args.batch < 1 or args.chunks < 1:
         p.error("--ratio, --batch and --chunks must be >= 1")
+    if args.regress < 0:
+        p.error(f"--regress must be >= 0, got {args.regress}")
     if args.smoke:
         args.batch, args.chunks, args.steps, args.ratio, args.log_every = 2, 2, 2, 2, 1
     return args
@@ -169,7 +199,13 @@ def main(argv=None) -> dict:
             "steps": state["step"],
             "train_seconds": round(state["elapsed"], 1),
             "loss_curve": state["losses"],
-            "loss_curve_columns": ["step", "seconds", "generator DMD loss", "fake flow loss"],
+            "loss_curve_columns": [
+                "step",
+                "seconds",
+                "generator DMD loss",
+                "fake flow loss",
+                "generator regression loss (--regress)",
+            ],
         }
         (out / "tiny_dmd.json").write_text(json.dumps(log, indent=1))
         return log
@@ -188,15 +224,20 @@ def main(argv=None) -> dict:
                 g_loss, video = generator_loss(
                     g_model, real, f_model, text, args.chunks, gen, cpu_gen
                 )
+                total, r_loss = g_loss, None
+                if args.regress:
+                    seeds = step_seeds(args.seed, step, args.batch)
+                    r_loss = regression_loss(g_model, seeds, args.chunks, encoder, gen)
+                    total = g_loss + args.regress * r_loss
                 g_opt.zero_grad(set_to_none=True)
-                g_loss.backward()
+                total.backward()
                 torch.nn.utils.clip_grad_norm_(g_model.parameters(), 1.0)
                 g_opt.step()
                 with torch.no_grad():
                     for k, v in g_model.state_dict().items():
                         ema[k].lerp_(v, 1 - min(args.ema, (1 + step) / (10 + step)))
             else:
-                g_loss = None
+                g_loss = r_loss = None
                 video = exit_rollout(g_model, text, args.chunks, gen, cpu_gen)[0]
             for grp in f_opt.param_groups:
                 grp["lr"] = lr_at(frac, args.lr_fake, step, args.warmup)
@@ -205,17 +246,23 @@ def main(argv=None) -> dict:
         f_loss.backward()
         torch.nn.utils.clip_grad_norm_(f_model.parameters(), 1.0)
         f_opt.step()
-        window.append((float("nan") if g_loss is None else g_loss.item(), f_loss.item()))
+        nan = float("nan")
+        window.append(
+            (
+                nan if g_loss is None else g_loss.item(),
+                f_loss.item(),
+                nan if r_loss is None else r_loss.item(),
+            )
+        )
         state["step"] = step + 1
         if state["step"] % args.log_every == 0:
-            gl = [a for a, _ in window if a == a]
-            fl = sum(b for _, b in window) / len(window)
-            gm = sum(gl) / len(gl) if gl else None  # no generator step in the window
+            gm, fl, rm = (window_mean(window, col) for col in range(3))
             state["elapsed"] = time.time() - t0
-            state["losses"].append([state["step"], round(state["elapsed"], 1), gm, fl])
+            state["losses"].append([state["step"], round(state["elapsed"], 1), gm, fl, rm])
             print(
                 f"step {state['step']:5d}  dmd {'-' if gm is None else f'{gm:.4f}'}  "
-                f"fake {fl:.4f}  {state['elapsed']:7.1f}s",
+                f"fake {fl:.4f}  regress {'-' if rm is None else f'{rm:.4f}'}  "
+                f"{state['elapsed']:7.1f}s",
                 flush=True,
             )
             window = []

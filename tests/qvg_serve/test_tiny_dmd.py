@@ -79,9 +79,31 @@ def test_dmd_loss_is_zero_when_fake_equals_real_and_pushes_otherwise():
 def test_dmd_smoke_run_writes_loadable_weights(tmp_path):
     log = dmd.main(["--smoke", "--out", str(tmp_path)])
     assert log["steps"] == 2 and len(log["loss_curve"]) == 2
-    (_, _, dmd0, fake0), (_, _, dmd1, fake1) = log["loss_curve"]
+    (_, _, dmd0, fake0, reg0), (_, _, dmd1, fake1, reg1) = log["loss_curve"]
     assert dmd0 is not None and dmd0 == dmd0 and fake0 > 0 and fake1 > 0  # step 0: both
     assert dmd1 is None  # step 1 (ratio 2) trains the fake score only: no generator loss
+    assert reg0 is None and reg1 is None  # --regress off
+
+
+def test_dmd_regression_anchor_is_logged_on_generator_steps_only(tmp_path):
+    """--regress adds tiny.train's flow loss on the step's true clips to the generator's
+    loss: logged (> 0) on the generator step, absent on the fake-only one; bad weights are
+    refused."""
+    log = dmd.main(["--smoke", "--regress", "0.5", "--out", str(tmp_path)])
+    (_, _, dmd0, _, reg0), (_, _, _, _, reg1) = log["loss_curve"]
+    assert reg0 is not None and reg0 > 0 and dmd0 is not None and reg1 is None
+    # the regression clips are the clips whose captions drove the step's rollout
+    enc = HashedWordEncoder(TINY.text_len, TINY.text_dim)
+    seeds = dmd.step_seeds(3, 2, 4)
+    caps = [dmd.data.clip_spec(s).caption for s in seeds]
+    torch.testing.assert_close(dmd.captions(3, 2, 4, enc, "cpu"), enc.encode(caps))
+    assert seeds != dmd.step_seeds(3, 3, 4) and len(set(seeds)) == 4
+    try:
+        dmd.parse(["--out", str(tmp_path), "--regress", "-1"])
+    except SystemExit as e:
+        assert e.code == 2
+    else:
+        raise AssertionError("--regress -1 was accepted")
     model = load_tiny(tmp_path / "tiny.safetensors")
     assert model.config.prediction == TINY.prediction
     assert json.loads((tmp_path / "tiny_dmd.json").read_text())["args"]["smoke"]
