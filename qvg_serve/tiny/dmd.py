@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 
 import torch
+from torch.profiler import record_function
 
 from qvg_serve.models import TINY, HashedWordEncoder
 from qvg_serve.models.base import sigma
@@ -75,7 +76,8 @@ def exit_rollout(model, text, chunks: int, gen, cpu_gen):
     exits = torch.randint(len(model.config.timesteps), (chunks,), generator=cpu_gen).tolist()
     was = model.training
     model.eval()
-    got = rollout(model, text, chunks, gen, exits)
+    with record_function("dmd.rollout"):  # labels for tools/dmd_step_profile.py
+        got = rollout(model, text, chunks, gen, exits)
     model.train(was)
     return got
 
@@ -85,14 +87,15 @@ def generator_loss(gen_model, real, fake, text, chunks: int, gen, cpu_gen):
     x_ng, x_in, t_exit = exit_rollout(gen_model, text, chunks, gen, cpu_gen)
     b = text.shape[0]
     t_in = torch.tensor(t_exit)[None].expand(b, chunks)
-    x = block_causal_x0(gen_model, x_ng, x_in, t_in, text)  # = x_ng, with gradient
+    with record_function("dmd.generator_forward"):
+        x = block_causal_x0(gen_model, x_ng, x_in, t_in, text)  # = x_ng, with gradient
     lo, hi = DMD_T
     t = lo + (hi - lo) * torch.rand(b, chunks, generator=cpu_gen)
     sig = torch.tensor([[sigma(float(v), SHIFT_T) for v in row] for row in t])
     sig = sig.to(x.device)[..., None, None, None, None]
     xd = x.detach()
     xt = (1 - sig) * xd + sig * torch.randn(xd.shape, generator=gen, device=gen.device)
-    with torch.no_grad():
+    with torch.no_grad(), record_function("dmd.scores"):
         r = block_causal_x0(real, xd, xt, t, text)
         f = block_causal_x0(fake, xd, xt, t, text)
         norm = (xd - r).abs().mean(dim=(1, 2, 3, 4, 5), keepdim=True).clamp(min=1e-3)
@@ -227,12 +230,14 @@ def main(argv=None) -> dict:
                 total, r_loss = g_loss, None
                 if args.regress:
                     seeds = step_seeds(args.seed, step, args.batch)
-                    r_loss = regression_loss(g_model, seeds, args.chunks, encoder, gen)
+                    with record_function("dmd.regression_forward"):
+                        r_loss = regression_loss(g_model, seeds, args.chunks, encoder, gen)
                     total = g_loss + args.regress * r_loss
-                g_opt.zero_grad(set_to_none=True)
-                total.backward()
-                torch.nn.utils.clip_grad_norm_(g_model.parameters(), 1.0)
-                g_opt.step()
+                with record_function("dmd.generator_backward"):
+                    g_opt.zero_grad(set_to_none=True)
+                    total.backward()
+                    torch.nn.utils.clip_grad_norm_(g_model.parameters(), 1.0)
+                    g_opt.step()
                 with torch.no_grad():
                     for k, v in g_model.state_dict().items():
                         ema[k].lerp_(v, 1 - min(args.ema, (1 + step) / (10 + step)))
@@ -241,11 +246,13 @@ def main(argv=None) -> dict:
                 video = exit_rollout(g_model, text, args.chunks, gen, cpu_gen)[0]
             for grp in f_opt.param_groups:
                 grp["lr"] = lr_at(frac, args.lr_fake, step, args.warmup)
-            f_loss = fake_loss(f_model, video.detach(), text, gen)
-        f_opt.zero_grad(set_to_none=True)
-        f_loss.backward()
-        torch.nn.utils.clip_grad_norm_(f_model.parameters(), 1.0)
-        f_opt.step()
+            with record_function("dmd.fake_forward"):
+                f_loss = fake_loss(f_model, video.detach(), text, gen)
+        with record_function("dmd.fake_backward"):
+            f_opt.zero_grad(set_to_none=True)
+            f_loss.backward()
+            torch.nn.utils.clip_grad_norm_(f_model.parameters(), 1.0)
+            f_opt.step()
         nan = float("nan")
         window.append(
             (
