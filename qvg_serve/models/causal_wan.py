@@ -99,7 +99,11 @@ class CausalWan(nn.Module):
             return []
         grids = [self._grid(chunk.latents) for chunk in chunks]
         segs = Segments([math.prod(g) for g in grids], self.device)
-        x = self._embed_latents(chunks)
+        # Chunks of one shape (training, rollouts, most engine batches) go through patchify,
+        # unpatchify and the x0 head's flow as one batch: per-chunk ops there were most of
+        # the kernel launches of a many-chunk forward (values the same as chunk by chunk).
+        stacked = torch.stack([ch.latents for ch in chunks]) if len(set(grids)) == 1 else None
+        x = self._embed_latents(chunks, stacked)
         t = torch.tensor([float(chunk.timestep) for chunk in chunks], device=self.device)
         e = self._embed_time(t)
         context, words = self._embed_text(chunks)
@@ -111,6 +115,16 @@ class CausalWan(nn.Module):
             x = block(x, e0, segs, context, ctx, layer)
         out = self.head(x, e, segs)
         patch = self.config.patch
+        if stacked is not None:
+            b, (f, h, w) = len(chunks), grids[0]
+            heads = unpatchify(out, (b * f, h, w), patch)  # [C, B * F', H', W']
+            heads = heads.unflatten(1, (b, -1)).transpose(0, 1)  # [B, C, F', H', W']
+            if self.config.prediction == "x0":
+                sig = [max(sigma(ch.timestep, self.config.shift), X0_SIGMA_MIN) for ch in chunks]
+                sig = torch.tensor(sig, device=heads.device)[:, None, None, None, None]
+                lat = stacked.to(heads.device, torch.float32)
+                heads = (lat - heads.float()) / sig
+            return list(heads.contiguous().unbind(0))
         heads = [
             unpatchify(o, g, patch) for o, g in zip(out.split(segs.lengths), grids, strict=True)
         ]
@@ -135,13 +149,21 @@ class CausalWan(nn.Module):
             )
         return (latents.shape[1], *c.grid)
 
-    def _embed_latents(self, chunks: Sequence[ChunkInput]) -> torch.Tensor:
-        """Conv3d patch embedding as one matmul over all chunks -> [N, dim] fp32."""
-        patches = [
-            patchify(ch.latents.to(self.device, self.dtype), self.config.patch) for ch in chunks
-        ]
+    def _embed_latents(self, chunks: Sequence[ChunkInput], stacked=None) -> torch.Tensor:
+        """Conv3d patch embedding as one matmul over all chunks -> [N, dim] fp32; `stacked`:
+        the chunks' latents as one [B, C, F, H, W] (all of one shape)."""
+        if stacked is not None:  # frames of chunk b follow chunk b - 1's: one patchify
+            lat = stacked.to(self.device, self.dtype).transpose(0, 1).flatten(1, 2)
+            patches = patchify(lat, self.config.patch)
+        else:
+            patches = torch.cat(
+                [
+                    patchify(ch.latents.to(self.device, self.dtype), self.config.patch)
+                    for ch in chunks
+                ]  # fmt: skip
+            )
         w = self.patch_embedding.weight.flatten(1)
-        x = F.linear(torch.cat(patches), w, self.patch_embedding.bias).float()
+        x = F.linear(patches, w, self.patch_embedding.bias).float()
         if self.config.frame_pos_embedding:  # tokens are (frame, row, col): one frame = tpf
             x = x + self.pos_embedding.float().repeat(x.shape[0] // self.config.tokens_per_frame, 1)
         return x
@@ -166,7 +188,13 @@ class CausalWan(nn.Module):
                 raise ValueError(
                     f"chunk {b} text {tuple(text.shape)}: expected [<= {c.text_len}, {c.text_dim}]"
                 )
-            padded[b, : text.shape[0]] = text.to(self.device, self.dtype)
+        lengths = {chunk.text.shape[0] for chunk in chunks}
+        if len(lengths) == 1:  # one copy for the batch
+            n = lengths.pop()
+            padded[:, :n] = torch.stack([ch.text for ch in chunks]).to(self.device, self.dtype)
+        else:
+            for b, chunk in enumerate(chunks):
+                padded[b, : chunk.text.shape[0]] = chunk.text.to(self.device, self.dtype)
         # the mean word vector (padding rows are zero; an empty text gives zero)
         words = (padded != 0).any(-1).sum(-1, keepdim=True).clamp(min=1)
         return self.text_embedding(padded), padded.float().sum(1) / words

@@ -57,7 +57,6 @@ class BlockCausalContext:
         return out.permute(0, 2, 1, 3).reshape(q.shape)
 
 
-
 class LockstepContext:
     """Self-attention of B streams that are at the same position (a rollout: every stream
     holds chunks 0..i-1 and draws chunk i), one SDPA per layer for the whole batch. Keys are
@@ -101,6 +100,7 @@ class LockstepContext:
         if self.commit:
             self.k[layer], self.v[layer] = keys, values
         return out.permute(0, 2, 1, 3).reshape(q.shape)
+
 
 OBJECT_WEIGHT = 4.0
 """Extra loss weight on object pixels (weight 1 + OBJECT_WEIGHT * coverage): the object

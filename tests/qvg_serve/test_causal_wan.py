@@ -126,6 +126,25 @@ def test_batch_equals_each_stream_alone(model, frames_b):
     assert (other_t - out[0]).abs().max() > 1e-2
 
 
+@pytest.mark.parametrize("prediction", ["flow", "x0"])
+def test_one_shape_batch_path_equals_the_chunk_by_chunk_path(prediction):
+    """A batch of chunks of one shape runs patchify, text padding, unpatchify and the x0
+    head's flow as one batch; each output equals the same chunk run through the per-chunk
+    path (a batch with a shorter chunk beside it; no history, so chunks do not meet)."""
+    import dataclasses
+
+    m = build_model(dataclasses.replace(CFG, prediction=prediction), seed=3)
+    same = [ChunkInput(latents(40 + i), t, text(40 + i), 0) for i, t in enumerate((1000, 500, 0))]
+    empty = [DenseKV.empty(CFG.layers) for _ in same]
+    together = run(m, same, empty)
+    short = ChunkInput(latents(49, 1), 250.0, text(49, length=5), 0)
+    for i, chunk in enumerate(same):
+        ref = run(m, [chunk, short], [DenseKV.empty(CFG.layers) for _ in range(2)])[0]
+        assert together[i].shape == chunk.latents.shape and together[i].is_contiguous()
+        torch.testing.assert_close(together[i], ref, **tol("fp32"))
+    assert (together[0] - together[1]).abs().max() > 1e-2  # per-chunk t and text are used
+
+
 def test_dense_context_rejects_history_not_matching_start(model):
     chunk = ChunkInput(latents(0), 0.0, text(0), FPC)  # starts at frame 3, history empty
     with pytest.raises(ValueError, match="history holds 0 tokens"):
