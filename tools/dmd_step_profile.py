@@ -13,7 +13,6 @@ the generator step appear on one step in `--ratio`; the table gives how many tim
 from __future__ import annotations
 
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -23,11 +22,7 @@ from torch.profiler import ProfilerActivity, profile
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from qvg_serve.tiny import dmd  # noqa: E402
-
-
-def sync() -> None:
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
+from tools.tiny_step_profile import profiled_args, sync  # noqa: E402
 
 
 def phase_table(events, steps: int) -> list[tuple[str, int, float, float]]:
@@ -41,14 +36,7 @@ def phase_table(events, steps: int) -> list[tuple[str, int, float, float]]:
 
 
 def main(argv=None) -> list[tuple[str, int, float, float]]:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    steps = 10
-    if "--steps" in argv:
-        i = argv.index("--steps")
-        steps = int(argv[i + 1])
-        del argv[i : i + 2]
-    out = tempfile.mkdtemp()
-    base = ["--out", out, "--save-every", "1e9", "--log-every", "1000", *argv]
+    steps, base = profiled_args(sys.argv[1:] if argv is None else argv, 10)
     dmd.main([*base, "--steps", "2"])  # warm-up: allocator, cuBLAS handles, kernels
     sync()
     activities = [ProfilerActivity.CPU]

@@ -27,15 +27,20 @@ def sync() -> None:
         torch.cuda.synchronize()
 
 
-def main() -> None:
-    argv = sys.argv[1:]
-    steps = 12
+def profiled_args(argv, steps: int) -> tuple[int, list[str]]:
+    """(--steps N taken out of `argv`, else `steps`; the trainer's arguments: a scratch
+    --out, no saves or logs in between, then the rest of `argv`)."""
+    argv = list(argv)
     if "--steps" in argv:
         i = argv.index("--steps")
         steps = int(argv[i + 1])
         del argv[i : i + 2]
     out = tempfile.mkdtemp()
-    base = ["--out", out, "--save-every", "1e9", "--log-every", "1000", *argv]
+    return steps, ["--out", out, "--save-every", "1e9", "--log-every", "1000", *argv]
+
+
+def main() -> None:
+    steps, base = profiled_args(sys.argv[1:], 12)
     train.main([*base, "--steps", "3"])  # warm-up: allocator, cuBLAS handles, kernels
     sync()
     t0 = time.time()

@@ -156,12 +156,8 @@ class CausalWan(nn.Module):
             lat = stacked.to(self.device, self.dtype).transpose(0, 1).flatten(1, 2)
             patches = patchify(lat, self.config.patch)
         else:
-            patches = torch.cat(
-                [
-                    patchify(ch.latents.to(self.device, self.dtype), self.config.patch)
-                    for ch in chunks
-                ]  # fmt: skip
-            )
+            per_chunk = [ch.latents.to(self.device, self.dtype) for ch in chunks]
+            patches = torch.cat([patchify(lat, self.config.patch) for lat in per_chunk])
         w = self.patch_embedding.weight.flatten(1)
         x = F.linear(patches, w, self.patch_embedding.bias).float()
         if self.config.frame_pos_embedding:  # tokens are (frame, row, col): one frame = tpf

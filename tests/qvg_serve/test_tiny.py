@@ -143,8 +143,8 @@ def test_a_fine_tune_adding_the_text_modulation_starts_as_the_old_model(tmp_path
     from safetensors.torch import save_file
 
     from qvg_serve.models.base import ChunkInput
+    from qvg_serve.tiny.contexts import BlockCausalContext
     from qvg_serve.tiny.evaluate import load_tiny
-    from qvg_serve.tiny.objective import BlockCausalContext
 
     old = train.new_model(1, "cpu", train.model_config(False))
     torch.nn.init.normal_(old.head.head.weight, std=0.02)  # a non-trivial old model
@@ -201,8 +201,9 @@ def test_an_x0_head_returns_the_flow_whose_clean_estimate_is_its_output(tmp_path
     from qvg_serve.engine.sampler import sigma
     from qvg_serve.models import weights_prediction
     from qvg_serve.models.base import ChunkInput
+    from qvg_serve.tiny.contexts import BlockCausalContext
     from qvg_serve.tiny.evaluate import load_tiny
-    from qvg_serve.tiny.objective import SHIFT_T, BlockCausalContext
+    from qvg_serve.tiny.objective import SHIFT_T
 
     assert SHIFT == SHIFT_T == TINY.shift  # the x0 head's sigma is the sampler's
     flow_model = train.new_model(1, "cpu", train.model_config(True, "flow"))

@@ -37,7 +37,7 @@ def test_lockstep_rollout_equals_the_per_stream_dense_history():
     """The batched rollout (one SDPA per layer, keys cached after RoPE) draws the chunks the
     engine's per-stream dense history draws with the same noise, at every chunk, also with
     random exits; its history length is checked."""
-    from qvg_serve.tiny.objective import LockstepContext
+    from qvg_serve.tiny.contexts import LockstepContext
 
     model, text = load_tiny(), _text()
     for exits in (None, [1, 3, 0, 2]):
